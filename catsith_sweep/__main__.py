@@ -1,0 +1,3 @@
+from catsith_sweep.cli import main
+
+raise SystemExit(main())

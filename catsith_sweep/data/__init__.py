@@ -1,0 +1,1 @@
+"""Sprite datasets: the guide's layout, captions, synthesis, sheet import, augmentation."""
