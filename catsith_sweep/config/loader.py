@@ -1,0 +1,289 @@
+"""Load an experiment file: YAML -> overrides -> typed `Experiment` -> search space, with every problem
+reported at once as `file:line key.path: rule, but got value`.
+
+Precedence of values: command-line overrides (`key.path=value`) > the YAML file > the defaults of
+`catsith_sweep.config.schema`. Search-space entries: the experiment's inline `search.space` > the
+`search.space_file` it names.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from catsith_sweep.config.schema import TRAINER_NAMES, Experiment
+from catsith_sweep.config.space import Distribution, SearchSpaceFile
+from catsith_sweep.config.yaml_lines import KeyPath, line_of, load_yaml_with_lines
+from catsith_sweep.errors import ConfigError
+
+_DIST_TAGS = {"categorical", "int", "float", "fixed"}
+# Roots a search space may reach into, besides the trainer's own section.
+_SEARCHABLE_ROOTS = ("model", "data", "train", "eval")
+
+
+@dataclass
+class LoadedExperiment:
+    """A validated experiment with its resolved search space."""
+
+    experiment: Experiment
+    path: Path
+    space: dict[str, Distribution] = field(default_factory=dict)
+    space_file: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    """Where values came from, to put a file and a line on each problem."""
+
+    path: Path
+    lines: dict[KeyPath, int]
+    override_locs: dict[KeyPath, str] = field(default_factory=dict)
+
+    def where(self, loc: KeyPath, prefix: KeyPath = ()) -> str:
+        for end in range(len(loc), 0, -1):
+            text = self.override_locs.get(tuple(loc[:end]))
+            if text is not None:
+                return f"command line `{text}`"
+        line = line_of(self.lines, (*prefix, *loc))
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def format_loc(loc: KeyPath) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_experiment(path: Path | str, overrides: list[str] | None = None) -> LoadedExperiment:
+    """Load and check `path`; raise ConfigError listing every problem found."""
+    path = Path(path)
+    overrides = list(overrides or [])
+    raw, lines = load_yaml_with_lines(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: an experiment file must be a mapping of sections, but got "
+                          f"{type(raw).__name__}")
+    source = _Source(path, lines)
+    problems: list[str] = []
+    raw = apply_overrides(raw, overrides, source, problems)
+    experiment = _validate(raw, source, problems)
+    space: dict[str, Distribution] = {}
+    space_file = None
+    if experiment is not None:
+        space, space_file = _load_space(experiment, raw, source, problems)
+    if problems or experiment is None:
+        raise ConfigError(problems, title=f"{path}: {len(problems)} problem(s):")
+    return LoadedExperiment(experiment, path, space, space_file, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: _Source,
+                    problems: list[str]) -> dict[str, Any]:
+    """Set each `key.path=value` (value parsed as YAML) into a copy of `raw`."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"command line `{text}`: an override must look like key.path=value")
+            continue
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError:
+            value = value_text
+        loc = set_dotted(raw, key.strip(), value)
+        source.override_locs[loc] = text
+    return raw
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> KeyPath:
+    """Set `dotted` into nested dicts; a key that itself holds dots (search-space keys) wins when it
+    already exists at that level. Returns the key path used."""
+    parts = dotted.split(".")
+    node, loc = tree, []
+    while parts:
+        for take in range(len(parts), 0, -1):  # longest existing dotted key first
+            candidate = ".".join(parts[:take])
+            if candidate in node or take == 1:
+                break
+        parts = parts[take:]
+        loc.append(candidate)
+        if not parts:
+            node[candidate] = value
+        else:
+            child = node.get(candidate)
+            if not isinstance(child, dict):
+                child = {}
+                node[candidate] = child
+            node = child
+    return tuple(loc)
+
+
+def _validate(raw: dict[str, Any], source: _Source, problems: list[str]) -> Experiment | None:
+    try:
+        experiment = Experiment.model_validate(raw, context={"defer_cross_checks": True})
+    except ValidationError as exc:
+        problems.extend(_format_validation_error(exc, source))
+        return None
+    for loc, message in experiment.cross_check_problems():
+        problems.append(f"{source.where(loc)} {format_loc(loc)}: {message}")
+    return experiment if not problems else None
+
+
+def _format_validation_error(exc: ValidationError, source: _Source, prefix: KeyPath = (),
+                             shown_prefix: KeyPath = ()) -> list[str]:
+    out = []
+    for error in exc.errors(include_url=False):
+        loc = _strip_tags(tuple(error["loc"]))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key `{loc[-1]}`" + _suggest(str(loc[-1]), _allowed_keys(loc[:-1]))
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        elif not isinstance(error.get("input"), dict | list) and "but got" not in message:
+            message += f", but got {error.get('input')!r}"
+        shown = format_loc((*shown_prefix, *loc)) or "(top level)"
+        out.append(f"{source.where(loc, prefix)} {shown}: {message}")
+    return out
+
+
+def _strip_tags(loc: KeyPath) -> KeyPath:
+    # Pydantic puts the discriminator tag (`int`, `float`, ...) into locations inside a space entry.
+    out = list(loc)
+    for i in range(1, len(out)):
+        if out[i] in _DIST_TAGS and i >= 2 and out[i - 2] == "space":
+            del out[i]
+            break
+    return tuple(out)
+
+
+def _allowed_keys(loc: KeyPath) -> list[str]:
+    model: Any = Experiment if not loc or loc[0] != "space" else SearchSpaceFile
+    for part in loc:
+        model = _field_model(model, part)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _field_model(model: type[BaseModel], name: Any) -> type[BaseModel] | None:
+    info = model.model_fields.get(str(name))
+    if info is None:
+        return None
+    candidates = [info.annotation, *get_args(info.annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel) and get_origin(candidate) is None:
+            return candidate
+    return None
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    return f"; expected one of: {', '.join(options)}" if options else ""
+
+
+def resolve_space_file(reference: str, experiment_path: Path) -> Path | None:
+    """`lora` -> search_spaces/lora.yaml beside or above the experiment's folder, or in the cwd;
+    a path (with `/` or `.yaml`) -> relative to the experiment file, then the cwd."""
+    here = experiment_path.resolve().parent
+    if "/" in reference or reference.endswith((".yaml", ".yml")):
+        candidates = [here / reference, Path.cwd() / reference]
+    else:
+        name = f"{reference}.yaml"
+        candidates = [here.parent / "search_spaces" / name, here / "search_spaces" / name,
+                      Path.cwd() / "search_spaces" / name]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
+                problems: list[str]) -> tuple[dict[str, Distribution], Path | None]:
+    merged: dict[str, tuple[Distribution, _Source, KeyPath]] = {}
+    space_file = None
+    reference = experiment.search.space_file
+    if reference:
+        space_file = resolve_space_file(reference, source.path)
+        if space_file is None:
+            problems.append(f"{source.where(('search', 'space_file'))} search.space_file: no search-space "
+                            f"file `{reference}` (looked for search_spaces/{reference}.yaml beside and "
+                            "above the experiment, and in the working directory)")
+        else:
+            file_space = _read_space_file(space_file, experiment.trainer, problems)
+            file_source = _Source(space_file, load_yaml_with_lines(space_file)[1])
+            for key, dist in file_space.items():
+                merged[key] = (dist, file_source, ("space", key))
+    for key, dist in experiment.search.space.items():
+        merged[key] = (dist, source, ("search", "space", key))
+    for key, (dist, src, loc) in merged.items():
+        for problem in _check_space_key(key, dist, experiment, raw):
+            problems.append(f"{src.where(loc)} search.space.{key}: {problem}")
+    return {key: value[0] for key, value in merged.items()}, space_file
+
+
+def _read_space_file(path: Path, trainer: str, problems: list[str]) -> dict[str, Distribution]:
+    try:
+        data, lines = load_yaml_with_lines(path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return {}
+    source = _Source(path, lines)
+    try:
+        parsed = SearchSpaceFile.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_format_validation_error(exc, source, shown_prefix=("search",)))
+        return {}
+    if parsed.trainer is not None and parsed.trainer != trainer:
+        problems.append(f"{source.where(('trainer',))} trainer: this space is for trainer "
+                        f"`{parsed.trainer}`, but the experiment's trainer is `{trainer}`")
+    return dict(parsed.space)
+
+
+def _check_space_key(key: str, dist: Distribution, experiment: Experiment, raw: dict[str, Any]) -> list[str]:
+    parts = tuple(key.split("."))
+    root = parts[0]
+    if root in TRAINER_NAMES and root != experiment.trainer:
+        return [f"`{root}` keys belong to trainer `{root}`, but the experiment's trainer is "
+                f"`{experiment.trainer}`"]
+    allowed_roots = (*_SEARCHABLE_ROOTS, experiment.trainer)
+    if root not in allowed_roots:
+        return [f"cannot search over `{root}`" + _suggest(root, list(allowed_roots))
+                + f" (searchable sections: {', '.join(allowed_roots)})"]
+    model: Any = Experiment
+    for depth, part in enumerate(parts):
+        if model is None or part not in model.model_fields:
+            where = ".".join(parts[:depth]) or "the experiment"
+            options = list(model.model_fields) if model is not None else []
+            return [f"`{where}` has no key `{part}`" + _suggest(part, options)]
+        model = _field_model(model, part) if depth < len(parts) - 1 else None
+    problems = []
+    for value in dist.candidate_values():
+        trial_raw = copy.deepcopy(raw)
+        set_dotted(trial_raw, key, value)
+        trial_raw.get("search", {}).pop("space", None)
+        try:
+            Experiment.model_validate(trial_raw, context={"defer_cross_checks": True})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                if tuple(error["loc"])[: len(parts)] == parts:
+                    msg = str(error["msg"]).removeprefix("Value error, ")
+                    problems.append(f"value {value!r} is not valid for `{key}`: {msg}")
+    return problems
+
+
+def apply_params(experiment: Experiment, params: dict[str, Any]) -> Experiment:
+    """The experiment with sampled `params` (dotted key -> value) set, validated again."""
+    raw = experiment.model_dump(mode="python")
+    for key, value in params.items():
+        set_dotted(raw, key, value)
+    return Experiment.model_validate(raw)
+
+
+def dump_resolved(experiment: Experiment) -> str:
+    """The fully resolved config as YAML (saved beside every checkpoint and export)."""
+    return yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)

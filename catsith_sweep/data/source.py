@@ -1,0 +1,38 @@
+"""Where a trial's sprites come from: the user's dataset folder, or the builtin synthetic set,
+generated once per (seed, variants, size) into the cache and reused by every trial."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import Any
+
+from catsith_sweep.models.builtin import default_cache_dir
+
+
+def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
+    """The dataset folder for a `data` section, synthesising the builtin set when `data.path` is empty."""
+    if data.path is not None:
+        return Path(data.path)
+    from catsith_sweep.data.synth import synth_dataset
+
+    root = (cache_dir or default_cache_dir()) / "synth" / (
+        f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px")
+    if (root / "metadata.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials on one machine: one builds, the others wait and then reuse it.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "metadata.json").is_file():
+            synth_dataset(root, seed=data.synth_seed, size=data.resolution, variants=data.synth_variants)
+    return root
+
+
+def open_dataset(data: Any, cache_dir: Path | None = None, *, augment: bool = True) -> Any:
+    """A SpriteDataset for the section, with its augmentation when enabled."""
+    from catsith_sweep.data.augment import SpriteAugment
+    from catsith_sweep.data.dataset import SpriteDataset
+
+    pipeline = SpriteAugment(data.augment) if augment and data.augment.enabled else None
+    return SpriteDataset(dataset_root(data, cache_dir), augment=pipeline, size=data.resolution)

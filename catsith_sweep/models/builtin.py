@@ -1,0 +1,155 @@
+"""The builtin base model `builtin:catsith-tiny` and base-model resolution.
+
+`builtin:catsith-tiny` is a scaled-down copy of segmind/tiny-sd's layout: a diffusers
+UNet2DConditionModel, an AutoencoderKL with 8x down-sampling (a 64 px sprite is an 8x8x4 latent) and a
+CLIPTextModel, with a BPE tokenizer trained offline on the dataset's captions. Its VAE takes RGBA (4
+channels) so generated sprites keep their alpha; a real RGB base (segmind/tiny-sd) gets sprites
+composited on a background instead. Both are saved and loaded as diffusers folders, so a local path
+or a hub id goes down the same code path as the builtin one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catsith_sweep.errors import ModelSourceError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_NAMES = ("catsith-tiny",)
+TOKENIZER_VOCAB = 800
+MAX_TOKENS = 32  # captions of the guide are ~20 BPE tokens; a short context keeps attention cheap
+
+# Architecture of catsith-tiny. Kept here (not in the experiment file) so a cached base always
+# matches the code that reads it; a change here must bump BUILTIN_VERSION.
+BUILTIN_VERSION = 1
+VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 4, "out_channels": 4, "latent_channels": 4, "sample_size": 64,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
+    "mid_block_add_attention": False,
+}
+UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [64, 96, 128], "layers_per_block": 1, "cross_attention_dim": 64,
+    "attention_head_dim": 8, "norm_num_groups": 16,
+}
+TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "max_position_embeddings": MAX_TOKENS, "projection_dim": 64,
+}
+
+
+@dataclass
+class DiffusionParts:
+    """The pieces of a Stable-Diffusion-style model, as diffusers/transformers objects."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    scheduler: Any
+
+    @property
+    def rgba(self) -> bool:
+        """Whether the VAE works on RGBA pixels (the builtin) or RGB (standard SD bases)."""
+        return int(self.vae.config.in_channels) == 4
+
+
+def default_cache_dir() -> Path:
+    """Where built bases, synth datasets and sprite networks are cached (`CATSITH_CACHE` overrides)."""
+    env = os.environ.get("CATSITH_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("catsith_sweep"))
+
+
+def builtin_dir(name: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or default_cache_dir()) / "bases" / f"{name}-v{BUILTIN_VERSION}"
+
+
+def train_tokenizer(captions: list[str]) -> Any:
+    """A CLIP BPE tokenizer trained on `captions` (offline; BPE training is not deterministic across
+    runs, so a base trains it once and saves it with itself)."""
+    from transformers import CLIPTokenizer
+
+    seed = CLIPTokenizer(model_max_length=MAX_TOKENS)
+    words = sorted({w for caption in captions for w in caption.replace(",", " , ").split()})
+    # Whole words as extra training lines make each vocabulary word one token.
+    return seed.train_new_from_iterator([*captions, *words] * 4, vocab_size=TOKENIZER_VOCAB)
+
+
+def build_untrained(captions: list[str]) -> DiffusionParts:
+    """Fresh catsith-tiny parts: a tokenizer trained on `captions`, randomly initialised models."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = train_tokenizer(captions)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **TEXT_CONFIG,
+    )
+    return DiffusionParts(
+        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(text_config),
+        vae=AutoencoderKL(**VAE_CONFIG),
+        unet=UNet2DConditionModel(**UNET_CONFIG),
+        scheduler=make_scheduler(),
+    )
+
+
+def make_scheduler() -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def to_pipeline(parts: DiffusionParts) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+        scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_parts(parts: DiffusionParts, directory: Path) -> None:
+    """Save as a diffusers folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/,
+    scheduler/), the layout CatSith and `from_pretrained` read."""
+    to_pipeline(parts).save_pretrained(directory, safe_serialization=True)
+
+
+def load_parts(source: str | Path, *, revision: str | None = None, local_only: bool = False) -> DiffusionParts:
+    """Load a diffusers folder, or a hub id (from the local HF cache only when `local_only`)."""
+    from diffusers import StableDiffusionPipeline
+
+    is_folder = isinstance(source, Path) or Path(source).exists()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(source), revision=revision, local_files_only=is_folder or local_only,
+            safety_checker=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"model.base: cannot load {str(source)!r}: {exc}") from None
+    return DiffusionParts(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, pipe.scheduler)
+
+
+def parse_builtin(base: str) -> str | None:
+    """`builtin:catsith-tiny` -> `catsith-tiny`; None for paths and hub ids."""
+    if not base.startswith(BUILTIN_PREFIX):
+        return None
+    name = base[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN_NAMES:
+        raise ModelSourceError(f"model.base: unknown builtin base {base!r}; known: "
+                               + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES))
+    return name

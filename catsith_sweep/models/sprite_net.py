@@ -1,0 +1,379 @@
+"""The sprite feature network: a small CNN trained on a sprite dataset's own labels.
+
+Inception (FID/KID) and AlexNet/VGG (LPIPS) are neither installable nor downloadable here, and an
+ImageNet network judges 64 px pixel art poorly anyway. This network learns the sprite domain from the
+labels every dataset carries (category, kind, direction: catsith-formats.md §5) and its penultimate
+features replace Inception's in FID/KID, its intermediate maps replace AlexNet's in LPIPS, and its
+heads give the sprite-domain scores (does a generated fighter look like a fighter, facing the right way?).
+
+Input decision: three channels, RGBA composited over the game's black background
+(`metrics.images.DEFAULT_BACKGROUND`). Metrics then see what a player sees, FID real/fake inputs have
+the same (N, 3, H, W) form as the official Inception backend, and RGBA callers are composited here.
+The net is saved as safetensors + JSON config (never pickle) and cached per dataset fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from catsith_sweep.data import vocab
+from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
+
+FORMAT_NAME = "catsith-sprite-net"
+# Bump when the architecture or training recipe changes: cached nets of another recipe are retrained.
+RECIPE_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class SpriteNetConfig:
+    """Everything needed to rebuild a SpriteNet; stored as JSON beside the weights."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 64)
+    feature_dim: int = 64
+    image_size: int = 64
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+    num_categories: int = len(vocab.CATEGORIES)
+    # The label names, not just their count, so a net trained on another vocabulary is detected.
+    kind_labels: tuple[str, ...] = vocab.KIND_LABELS
+    num_directions: int = len(vocab.DIRECTION_NAMES)
+    recipe_version: int = RECIPE_VERSION
+    training: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpriteNetConfig:
+        """Inverse of `asdict`: JSON lists back to tuples."""
+        return cls(
+            widths=tuple(data["widths"]),
+            feature_dim=int(data["feature_dim"]),
+            image_size=int(data["image_size"]),
+            background=(int(data["background"][0]), int(data["background"][1]), int(data["background"][2])),
+            num_categories=int(data["num_categories"]),
+            kind_labels=tuple(data["kind_labels"]),
+            num_directions=int(data["num_directions"]),
+            recipe_version=int(data["recipe_version"]),
+            training=dict(data.get("training", {})),
+        )
+
+
+class SpriteNet(nn.Module):
+    """Conv trunk (stride-2 3x3 blocks) -> D-dim embedding -> category / kind / direction heads."""
+
+    def __init__(self, config: SpriteNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SpriteNetConfig()
+        cfg = self.config
+        side = cfg.image_size // 2 ** len(cfg.widths)
+        if side < 1 or cfg.image_size % 2 ** len(cfg.widths):
+            raise ValueError(f"image_size {cfg.image_size} does not fit {len(cfg.widths)} stride-2 blocks")
+        blocks: list[nn.Module] = []
+        in_ch = 3
+        for width in cfg.widths:
+            blocks.append(
+                nn.Sequential(nn.Conv2d(in_ch, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
+            )
+            in_ch = width
+        self.blocks = nn.ModuleList(blocks)
+        # Flatten, not global pooling: direction is a spatial property the embedding must keep.
+        self.embed = nn.Linear(in_ch * side * side, cfg.feature_dim)
+        self.category_head = nn.Linear(cfg.feature_dim, cfg.num_categories)
+        self.kind_head = nn.Linear(cfg.feature_dim, len(cfg.kind_labels))
+        self.direction_head = nn.Linear(cfg.feature_dim, cfg.num_directions)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Any sprite batch (uint8 or float, RGB or RGBA, any size) -> float RGB at the net's size."""
+        images = composite_rgba(to_float_images(images), self.config.background)
+        if images.shape[-1] != self.config.image_size or images.shape[-2] != self.config.image_size:
+            images = upscale_nearest(images, self.config.image_size)
+        return images.to(next(self.parameters()).device)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Post-activation output of every trunk block for prepared input (the LPIPS layers)."""
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) embedding of prepared input.
+
+        Taken before the activation: ReLU'd features have dead, constant-zero dimensions that make the
+        feature covariance singular, which FID's matrix square root handles badly.
+        """
+        return self.embed(self.feature_maps(x)[-1].flatten(start_dim=1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of the three heads for prepared input."""
+        h = F.relu(self.features(x))
+        return {
+            "category": self.category_head(h),
+            "kind": self.kind_head(h),
+            "direction": self.direction_head(h),
+        }
+
+
+class SpriteFeatureExtractor(nn.Module):
+    """The feature module torchmetrics' FID/KID take as `feature=`: (N, 3|4, H, W) -> (N, D) float.
+
+    torchmetrics 1.9 hands a custom module the images exactly as passed to `update` (its `normalize`
+    flag only rescales for the built-in Inception), so this accepts float in [0, 1] and also uint8 in
+    [0, 255]; RGBA is composited, other sizes resized by nearest neighbour. It stays in eval mode even if
+    the metric calls `.train()`, so BatchNorm never switches to batch statistics.
+    """
+
+    def __init__(self, net: SpriteNet) -> None:
+        super().__init__()
+        self.net = net
+        self.num_features = net.config.feature_dim
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> SpriteFeatureExtractor:
+        """Ignore `mode`: a metric's feature extractor is frozen."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.features(self.net.prepare(images)).float()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light, label-preserving augmentation: small shifts, brightness, small Gaussian noise.
+
+    Never a flip or rotation: that changes a directional sprite's label. The noise is kept small so the
+    features still respond to the heavier noise FID must penalise.
+    """
+    n = x.shape[0]
+    dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    x = x * (0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen))
+    sigma = 0.02 * torch.rand(n, 1, 1, 1, generator=gen)
+    return (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
+
+
+def _head_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    loss = F.cross_entropy(logits["category"], labels["category"]) + F.cross_entropy(
+        logits["kind"], labels["kind"]
+    )
+    # Non-directional sprites carry -1; a batch with none directional would make the mean NaN.
+    if bool((labels["direction"] >= 0).any()):
+        loss = loss + F.cross_entropy(logits["direction"], labels["direction"], ignore_index=-1)
+    return loss
+
+
+def train_sprite_net(
+    images: torch.Tensor,
+    categories: torch.Tensor,
+    kinds: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    config: SpriteNetConfig | None = None,
+) -> SpriteNet:
+    """Train a SpriteNet on labelled sprites (N, 3|4, H, W); returns it in eval mode on `device`.
+
+    Labels are indices: category in vocab.CATEGORIES, kind in vocab.KIND_LABELS, direction 0..7 or -1
+    for non-directional sprites (ignored). Deterministic for a given seed on CPU. Adam with a cosine
+    learning-rate decay; `config.training` records steps, seed, time and final training accuracy.
+    """
+    if images.shape[0] < 2:
+        raise ValueError("need at least two sprites to train the sprite feature network")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = SpriteNet(config or SpriteNetConfig()).to(device)
+    x_all = net.prepare(images).cpu()
+    labels_all = {
+        "category": categories.long(),
+        "kind": kinds.long(),
+        "direction": directions.long(),
+    }
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    started = time.perf_counter()
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x_all.shape[0], (min(batch_size, x_all.shape[0]),), generator=gen)
+        x = _augment(x_all[idx], gen).to(device)
+        loss = _head_losses(net(x), {k: v[idx].to(device) for k, v in labels_all.items()})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    acc = _accuracies(classify(net, images), labels_all)
+    training = {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **acc}
+    net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
+    return net
+
+
+def _accuracies(pred: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, float]:
+    out = {}
+    for key in ("category", "kind", "direction"):
+        mask = labels[key] >= 0
+        if bool(mask.any()):
+            out[f"train_{key}_accuracy"] = float((pred[key][mask] == labels[key][mask]).float().mean())
+    return out
+
+
+@torch.no_grad()
+def classify(net: SpriteNet, images: torch.Tensor, *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Predicted label indices {"category", "kind", "direction"} (each (N,) long, on CPU)."""
+    net.eval()
+    preds: dict[str, list[torch.Tensor]] = {"category": [], "kind": [], "direction": []}
+    for start in range(0, images.shape[0], batch_size):
+        logits = net(net.prepare(images[start : start + batch_size]))
+        for key in preds:
+            preds[key].append(logits[key].argmax(dim=1).cpu())
+    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in preds.items()}
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_sprite_net(net: SpriteNet, directory: str | Path) -> Path:
+    """Write `model.safetensors` and `config.json` into `directory` (each file atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
+    payload = {"format": FORMAT_NAME, "config": asdict(net.config)}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    _write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return directory
+
+
+def load_sprite_net(directory: str | Path, *, device: str | torch.device = "cpu") -> SpriteNet:
+    """Load a net saved by `save_sprite_net`, in eval mode. ValueError when the files are not one."""
+    directory = Path(directory)
+    try:
+        payload = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        if payload.get("format") != FORMAT_NAME:
+            raise ValueError(f"format is {payload.get('format')!r}, expected {FORMAT_NAME!r}")
+        net = SpriteNet(SpriteNetConfig.from_json(payload["config"]))
+        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except (OSError, KeyError, TypeError, json.JSONDecodeError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{directory} does not hold a sprite feature network: {exc}") from exc
+    return net.to(device).eval()
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """blake3 hex digest over every file under `root`, in sorted relative-path order.
+
+    Each file contributes its relative POSIX path, its size and its bytes, so a renamed, moved, edited,
+    added or removed file changes the fingerprint, and concatenation cannot make two datasets collide.
+    """
+    root = Path(root)
+    hasher = blake3.blake3()
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    for rel_name, path in files:
+        rel = rel_name.encode("utf-8")
+        hasher.update(len(rel).to_bytes(8, "little") + rel + path.stat().st_size.to_bytes(8, "little"))
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _load_labelled(dataset_root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Imported here so models/ loads without the dataset reader and its image dependencies.
+    from catsith_sweep.data.dataset import SpriteDataset
+
+    dataset = SpriteDataset(dataset_root)
+    items = [dataset[i] for i in range(len(dataset))]
+    if not items:
+        raise ValueError(f"dataset {dataset_root} has no sprites")
+    images = torch.stack([it["image"] for it in items])
+    cats, kinds, dirs = (
+        torch.tensor([int(it[key]) for it in items]) for key in ("category", "kind", "direction")
+    )
+    return images, cats, kinds, dirs
+
+
+def _usable_cache(directory: Path) -> SpriteNet | None:
+    """The cached net if it loads and matches the current recipe and vocabulary, else None."""
+    try:
+        net = load_sprite_net(directory)
+    except ValueError:
+        return None
+    cfg = net.config
+    if cfg.recipe_version != RECIPE_VERSION or cfg.kind_labels != vocab.KIND_LABELS:
+        return None
+    return net
+
+
+def _discard(directory: Path) -> None:
+    """Remove a stale cache entry: rename it aside first so no reader sees it half-deleted."""
+    trash = directory.with_name(f".old-{directory.name}-{uuid.uuid4().hex}")
+    try:
+        os.replace(directory, trash)
+    except FileNotFoundError:
+        return  # another process already replaced it
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sprite_net_for_dataset(
+    dataset_root: str | Path,
+    cache_dir: str | Path,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> SpriteNet:
+    """The sprite net of a dataset, trained once per dataset fingerprint and cached.
+
+    The cache entry is `cache_dir/<fingerprint>/`, written to a temporary directory and renamed into
+    place, so concurrent trials never see half a net: when two train at once, the first rename wins and
+    the other loads the winner. A stale entry (older recipe, other vocabulary, unreadable) is replaced.
+    """
+    dataset_root, cache_dir = Path(dataset_root), Path(cache_dir)
+    final = cache_dir / dataset_fingerprint(dataset_root)
+    cached = _usable_cache(final) if final.exists() else None
+    if cached is not None:
+        return cached.to(device)
+    images, cats, kinds, dirs = _load_labelled(dataset_root)
+    net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    save_sprite_net(net, tmp)
+    if final.exists():
+        _discard(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        # Another process renamed its net into place first: use theirs, drop ours.
+        shutil.rmtree(tmp, ignore_errors=True)
+        winner = _usable_cache(final)
+        if winner is not None:
+            return winner.to(device)
+        raise
+    return net
+

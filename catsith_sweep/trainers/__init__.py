@@ -1,0 +1,33 @@
+"""Trainers: one file each, every one a class meeting `catsith_sweep.trainers.base.Trainer`.
+
+The registry maps `trainer:` names to `module:Class` so that importing it costs nothing (torch,
+diffusers and peft are imported only by the trainer actually used). A new trainer is its file plus
+one line here (and its config section in `catsith_sweep.config.schema`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from catsith_sweep.config.schema import Experiment
+    from catsith_sweep.trainers.base import Trainer
+
+TRAINERS: dict[str, str] = {
+    "full": "catsith_sweep.trainers.full:FullTrainer",
+    "lora": "catsith_sweep.trainers.lora:LoraTrainer",
+    "vae": "catsith_sweep.trainers.vae:VaeTrainer",
+}
+
+
+def make_trainer(experiment: Experiment, workdir: Path) -> Trainer:
+    """Instantiate the experiment's trainer (cheap: heavy work waits for `setup`)."""
+    target = TRAINERS.get(experiment.trainer)
+    if target is None:
+        raise NotImplementedError(f"trainer `{experiment.trainer}` is not implemented yet; "
+                                  f"available: {', '.join(sorted(TRAINERS))}")
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(experiment, workdir)

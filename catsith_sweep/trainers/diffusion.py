@@ -1,0 +1,144 @@
+"""Plain functions shared by the diffusion trainers (full, LoRA, distillation): pixel preparation,
+latent and caption caching, the noise-prediction loss, sampling and the sample grid."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from catsith_sweep.models.builtin import DiffusionParts, to_pipeline
+
+# Fixed background for compositing RGBA sprites when a base only takes RGB (standard SD bases).
+RGB_BACKGROUND = (0.0, 0.0, 0.0)
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is `cuda`, but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Autocast dtype for `train.mixed_precision`; fp32 on CPU (half precision there is slow or
+    unsupported, so it is refused rather than silently ignored)."""
+    if device.type != "cuda":
+        if mixed_precision in ("fp16", "bf16"):
+            raise RuntimeError(f"train.mixed_precision={mixed_precision} needs a CUDA device; use auto or no")
+        return torch.float32
+    if mixed_precision == "no":
+        return torch.float32
+    if mixed_precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+
+
+def to_vae_pixels(images: torch.Tensor, rgba: bool) -> torch.Tensor:
+    """RGBA in [0, 1] -> the VAE's input in [-1, 1]: RGBA as is, or RGB composited on a fixed background."""
+    if not rgba:
+        alpha = images[:, 3:4]
+        background = torch.tensor(RGB_BACKGROUND, device=images.device).view(1, 3, 1, 1)
+        images = images[:, :3] * alpha + background * (1 - alpha)
+    return images * 2 - 1
+
+
+def from_vae_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's output in [-1, 1] -> RGBA in [0, 1] (alpha 1 for an RGB VAE)."""
+    images = ((pixels + 1) / 2).clamp(0, 1)
+    if images.shape[1] == 3:
+        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
+    return images
+
+
+def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
+    ids = parts.tokenizer(captions, padding="max_length", truncation=True,
+                          max_length=parts.tokenizer.model_max_length, return_tensors="pt").input_ids
+    return ids.to(device)
+
+
+@torch.no_grad()
+def encode_latents(parts: DiffusionParts, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Latent means (scaled) of `images`; the VAE's mean is cached, noise is added per step."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = to_vae_pixels(images[start:start + batch_size], parts.rgba)
+        dist = parts.vae.encode(pixels.to(parts.vae.device, parts.vae.dtype)).latent_dist
+        out.append(dist.mean * parts.vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+@dataclass
+class CachedBatch:
+    latents: torch.Tensor
+    embeddings: torch.Tensor
+
+
+def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings: torch.Tensor, *,
+                   noise_offset: float = 0.0, min_snr_gamma: float | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise-prediction (epsilon) MSE at random timesteps, with optional noise offset and Min-SNR
+    weighting (Hang et al. 2023)."""
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    if noise_offset:
+        offset = torch.randn((batch, latents.shape[1], 1, 1), generator=generator, device=latents.device)
+        noise = noise + noise_offset * offset.to(latents.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator,
+                              device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, embeddings).sample
+    per_item = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        alphas = scheduler.alphas_cumprod.to(latents.device)[timesteps]
+        snr = alphas / (1 - alphas)
+        per_item = per_item * torch.clamp(snr, max=min_snr_gamma) / snr
+    return per_item.mean()
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the learning rate at each step: linear warm-up, then constant or cosine."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+@torch.no_grad()
+def generate(parts: DiffusionParts, prompts: list[str], seeds: list[int], *, steps: int,
+             guidance_scale: float, device: torch.device) -> torch.Tensor:
+    """RGBA images in [0, 1], one per (prompt, seed) pair, prompt-major. Fixed seeds per image, so the
+    same prompts and seeds give comparable grids across trials."""
+    pipe = to_pipeline(parts)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = [(p, s) for p in prompts for s in seeds]
+    generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in pairs]
+    images = []
+    for start in range(0, len(pairs), 32):
+        chunk = pairs[start:start + 32]
+        result = pipe([p for p, _ in chunk], generator=generators[start:start + 32],
+                      num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent")
+        latents = result.images / parts.vae.config.scaling_factor
+        images.append(from_vae_pixels(parts.vae.decode(latents.to(parts.vae.dtype)).sample.float()))
+    return torch.cat(images).cpu()
+
+
+def save_sample_grid(images: torch.Tensor, rows: list[str], columns: int, path: Path, *,
+                     reference: torch.Tensor | None = None) -> Path:
+    """A labelled grid PNG: one row per prompt, `columns` seeds, optional ground-truth column first."""
+    from catsith_sweep.metrics.images import make_grid_png, save_png_atomic
+
+    grid = make_grid_png(images, rows=rows, columns=columns, reference=reference)
+    save_png_atomic(grid, path)
+    return path

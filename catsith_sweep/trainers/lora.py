@@ -1,0 +1,190 @@
+"""LoRA fine-tuning of a Stable-Diffusion-style base (the guide's lora_config.yaml as config keys).
+
+diffusers + peft: adapters on the UNet's attention projections (optionally the text encoder's), AdamW
+with a constant or cosine schedule after warm-up, gradient accumulation, mixed precision on CUDA.
+Latents and caption embeddings are computed once when nothing makes them change between steps (no
+augmentation, frozen text encoder: kohya's cache_latents), so the step loop is the UNet step alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from catsith_sweep.config.schema import Experiment, LoraSection
+from catsith_sweep.data.source import open_dataset
+from catsith_sweep.models.base_source import load_base
+from catsith_sweep.trainers import diffusion as D
+from catsith_sweep.trainers.base import Evaluation
+from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
+
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class LoraTrainer:
+    """Trains a LoRA adapter; exports PEFT/kohya safetensors and the guide's CatSith JSON."""
+
+    def __init__(self, experiment: Experiment, workdir: Path) -> None:
+        self.exp = experiment
+        self.cfg: LoraSection = experiment.trainer_section  # type: ignore[assignment]
+        self.workdir = workdir
+        self.step = 0
+
+    # ---- setup -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from peft import LoraConfig
+
+        train = self.exp.train
+        torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
+        self.device = D.resolve_device(train.device)
+        self.dtype = D.resolve_dtype(train.mixed_precision, self.device)
+        self.generator = seed_everything(train.seed)
+        self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
+        self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
+        self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
+        for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
+            module.requires_grad_(False).to(self.device)
+        self.parts.unet.add_adapter(LoraConfig(
+            r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
+            target_modules=list(self.cfg.target_modules), init_lora_weights="gaussian"))
+        if self.cfg.train_text_encoder:
+            self.parts.text_encoder.add_adapter(LoraConfig(
+                r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
+                target_modules=TEXT_TARGETS, init_lora_weights="gaussian"))
+        if train.gradient_checkpointing:
+            self.parts.unet.enable_gradient_checkpointing()
+        self.params = [p for m in (self.parts.unet, self.parts.text_encoder) for p in m.parameters()
+                       if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.train_indices = list(range(len(self.dataset)))
+        self.cache = self._build_cache() if self._can_cache() else None
+
+    def _can_cache(self) -> bool:
+        return (self.exp.data.cache_latents and not self.dataset.has_augment
+                and not self.cfg.train_text_encoder)
+
+    @torch.no_grad()
+    def _build_cache(self) -> dict[str, torch.Tensor]:
+        images = self.dataset.images
+        pixels = [D.to_vae_pixels(images[s:s + 64], self.parts.rgba).to(self.device, self.parts.vae.dtype)
+                  for s in range(0, len(images), 64)]
+        dists = [self.parts.vae.encode(p).latent_dist for p in pixels]
+        scale = self.parts.vae.config.scaling_factor
+        captions = list(self.dataset.captions) + [""]
+        embeddings = self._embed(captions)
+        return {"mean": torch.cat([d.mean for d in dists]) * scale,
+                "std": torch.cat([d.std for d in dists]) * scale,
+                "emb": embeddings[:-1], "empty": embeddings[-1:]}
+
+    def _embed(self, captions: list[str]) -> torch.Tensor:
+        return self.parts.text_encoder(D.tokenize(self.parts, captions, self.device))[0]
+
+    def total_steps(self) -> int:
+        train = self.exp.train
+        if train.max_steps is not None:
+            return train.max_steps
+        per_step = train.batch_size * train.gradient_accumulation_steps
+        return -(-len(self.dataset) // per_step) * int(train.epochs or 1)
+
+    # ---- training ----------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents and caption embeddings for one micro-batch (caption dropout applied)."""
+        pick = torch.randint(0, len(self.train_indices), (self.exp.train.batch_size,), generator=self.generator)
+        idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
+        drop = torch.rand(len(idx), generator=self.generator) < self.cfg.caption_dropout_rate
+        if self.cache is not None:
+            noise = torch.randn(self.cache["mean"][idx].shape, generator=self.generator).to(self.device)
+            latents = self.cache["mean"][idx] + self.cache["std"][idx] * noise
+            emb = torch.where(drop.view(-1, 1, 1).to(self.device), self.cache["empty"], self.cache["emb"][idx])
+            return latents, emb
+        items = [self.dataset[i] for i in idx.tolist()]
+        images = torch.stack([item["image"] for item in items])
+        with torch.no_grad():
+            pixels = D.to_vae_pixels(images, self.parts.rgba).to(self.device, self.parts.vae.dtype)
+            latents = self.parts.vae.encode(pixels).latent_dist.sample() * self.parts.vae.config.scaling_factor
+        captions = ["" if d else item["caption"] for item, d in zip(items, drop.tolist(), strict=True)]
+        with contextlib.nullcontext() if self.cfg.train_text_encoder else torch.no_grad():
+            emb = self._embed(captions)
+        return latents, emb
+
+    def _autocast(self) -> Any:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def train(self, steps: int, log: Any) -> dict[str, float]:
+        self.parts.unet.train()
+        metrics: dict[str, float] = {}
+        accum = self.exp.train.gradient_accumulation_steps
+        for _ in range(steps):
+            total = 0.0
+            for _ in range(accum):
+                latents, emb = self._batch()
+                with self._autocast():
+                    loss = D.diffusion_loss(self.parts.unet, self.parts.scheduler, latents, emb,
+                                            noise_offset=self.cfg.noise_offset,
+                                            min_snr_gamma=self.cfg.min_snr_gamma, generator=self.generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
+                self.scaler.scale(loss / accum).backward()
+                total += float(loss) / accum
+            self.scaler.unscale_(self.opt)
+            if self.exp.train.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params, self.exp.train.max_grad_norm)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            self.step += 1
+            metrics = {"loss": total, "lr": self.sched.get_last_lr()[0]}
+            log(self.step, metrics)
+        return metrics
+
+    def evaluate(self, out_dir: Path) -> Evaluation:
+        self.parts.unet.eval()
+        return evaluate_samples(self.parts, self.dataset, self.exp, out_dir, self.prompts, self.step,
+                                self.device)
+
+    # ---- checkpoints and exports ---------------------------------------------------------------
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        modules = {"unet_lora": self.parts.unet}
+        if self.cfg.train_text_encoder:
+            modules["text_encoder_lora"] = self.parts.text_encoder
+        return modules
+
+    def save(self, directory: Path) -> None:
+        save_checkpoint(directory, modules=self._modules(), optimizers={"main": self.opt},
+                        schedulers={"main": self.sched}, generator=self.generator, step=self.step,
+                        trainable_only=True)
+
+    def restore(self, directory: Path) -> None:
+        meta = load_checkpoint(directory, modules=self._modules(), optimizers={"main": self.opt},
+                               schedulers={"main": self.sched}, generator=self.generator, strict=False)
+        self.step = int(meta["step"])
+
+    def export(self, directory: Path) -> dict[str, Path]:
+        from catsith_sweep.config.loader import dump_resolved
+        from catsith_sweep.export import lora_formats as F
+
+        layers = F.lora_layers(self.parts.unet, self.parts.text_encoder if self.cfg.train_text_encoder else None)
+        formats = self.exp.export.formats or ["peft_safetensors", "catsith_json"]
+        out: dict[str, Path] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"config": dump_resolved(self.exp), "base_model": self.exp.model.base}
+        if "peft_safetensors" in formats:
+            out["peft_safetensors"] = directory / "pytorch_lora_weights.safetensors"
+            F.save_peft_safetensors(layers, out["peft_safetensors"], metadata=meta)
+        if "kohya_safetensors" in formats:
+            out["kohya_safetensors"] = directory / f"{self.exp.name}.kohya.safetensors"
+            F.save_kohya_safetensors(layers, out["kohya_safetensors"])
+        if "catsith_json" in formats:
+            out["catsith_json"] = directory / f"{self.exp.name}.lora.json"
+            F.save_catsith_json(layers, out["catsith_json"], name=self.exp.name, base_model=self.exp.model.base)
+        return out
