@@ -191,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Later layers (base, run, promote, registry, ...) register their subcommands here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _sweep_commands(sub: argparse._SubParsersAction) -> None:
+    from catsith_sweep.sweep.commands import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_sweep_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,14 +233,15 @@ def _read_space_file(path: Path, trainer: str, problems: list[str]) -> dict[str,
         problems.extend(exc.problems)
         return {}
     source = _Source(path, lines)
+    declared = data.get("trainer") if isinstance(data, dict) else None
+    if declared is not None and declared != trainer:
+        problems.append(f"{source.where(('trainer',))} trainer: this space is for trainer "
+                        f"`{declared}`, but the experiment's trainer is `{trainer}`")
     try:
         parsed = SearchSpaceFile.model_validate(data)
     except ValidationError as exc:
         problems.extend(_format_validation_error(exc, source, shown_prefix=("search",)))
         return {}
-    if parsed.trainer is not None and parsed.trainer != trainer:
-        problems.append(f"{source.where(('trainer',))} trainer: this space is for trainer "
-                        f"`{parsed.trainer}`, but the experiment's trainer is `{trainer}`")
     return dict(parsed.space)
 
 

@@ -31,8 +31,11 @@ def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
 
 def open_dataset(data: Any, cache_dir: Path | None = None, *, augment: bool = True) -> Any:
     """A SpriteDataset for the section, with its augmentation when enabled."""
-    from catsith_sweep.data.augment import SpriteAugment
     from catsith_sweep.data.dataset import SpriteDataset
 
-    pipeline = SpriteAugment(data.augment) if augment and data.augment.enabled else None
+    pipeline = None
+    if augment and data.augment.enabled:
+        from catsith_sweep.data.augment import SpriteAugment
+
+        pipeline = SpriteAugment(data.augment)
     return SpriteDataset(dataset_root(data, cache_dir), augment=pipeline, size=data.resolution)

@@ -36,24 +36,39 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
+def background_unit(background: Sequence[int | float]) -> tuple[float, float, float]:
+    """An (r, g, b) colour as floats in [0, 1].
+
+    Two conventions live in this code base, told apart by type: ints are 0..255 (like the base colours
+    of `data.vocab`), floats are already in [0, 1] (like `trainers.diffusion.RGB_BACKGROUND`).
+    """
+    if len(background) != 3:
+        raise ValueError(f"background must be (r, g, b), got {tuple(background)}")
+    if all(isinstance(c, int) for c in background):
+        unit = tuple(float(c) / 255.0 for c in background)
+    else:
+        unit = tuple(float(c) for c in background)
+    if not all(0.0 <= c <= 1.0 for c in unit):
+        raise ValueError(f"background {tuple(background)} is out of range (ints 0..255 or floats 0..1)")
+    return unit[0], unit[1], unit[2]
+
+
 def composite_rgba(
-    images: torch.Tensor, background: Sequence[int] = DEFAULT_BACKGROUND
+    images: torch.Tensor, background: Sequence[int | float] = DEFAULT_BACKGROUND
 ) -> torch.Tensor:
     """Composite straight-alpha RGBA images (N, 4, H, W) over a solid colour, giving (N, 3, H, W).
 
-    `background` is (r, g, b) in 0..255, like the base colours of `data.vocab`; the default is black
-    (see DEFAULT_BACKGROUND). uint8 input is accepted; the result is float32 in [0, 1]. Three-channel
-    input is returned as float unchanged, so callers can pass either form.
+    `background` is (r, g, b): ints in 0..255 or floats in [0, 1] (see `background_unit`); the default
+    is black (see DEFAULT_BACKGROUND). uint8 input is accepted; the result is float32 in [0, 1].
+    Three-channel input is returned as float unchanged, so callers can pass either form.
     """
     if images.dim() != 4 or images.shape[1] not in (3, 4):
         raise ValueError(f"expected images of shape (N, 3 or 4, H, W), got {tuple(images.shape)}")
     images = to_float_images(images)
     if images.shape[1] == 3:
         return images
-    if len(background) != 3:
-        raise ValueError(f"background must be (r, g, b), got {tuple(background)}")
     rgb, alpha = images[:, :3], images[:, 3:4].clamp(0.0, 1.0)
-    bg = torch.tensor([float(c) / 255.0 for c in background], dtype=images.dtype, device=images.device)
+    bg = torch.tensor(background_unit(background), dtype=images.dtype, device=images.device)
     return rgb * alpha + bg.view(1, 3, 1, 1) * (1.0 - alpha)
 
 

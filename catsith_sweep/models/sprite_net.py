@@ -14,6 +14,7 @@ The net is saved as safetensors + JSON config (never pickle) and cached per data
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -25,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_
 FORMAT_NAME = "catsith-sprite-net"
 # Bump when the architecture or training recipe changes: cached nets of another recipe are retrained.
 RECIPE_VERSION = 1
+# Optimizer steps of the default recipe: enough for high held-out accuracy on synth sprites on a CPU.
+DEFAULT_STEPS = 300
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -75,6 +77,9 @@ class SpriteNetConfig:
 class SpriteNet(nn.Module):
     """Conv trunk (stride-2 3x3 blocks) -> D-dim embedding -> category / kind / direction heads."""
 
+    feature_mean: torch.Tensor
+    feature_scale: torch.Tensor
+
     def __init__(self, config: SpriteNetConfig | None = None) -> None:
         super().__init__()
         self.config = config or SpriteNetConfig()
@@ -95,6 +100,9 @@ class SpriteNet(nn.Module):
         self.category_head = nn.Linear(cfg.feature_dim, cfg.num_categories)
         self.kind_head = nn.Linear(cfg.feature_dim, len(cfg.kind_labels))
         self.direction_head = nn.Linear(cfg.feature_dim, cfg.num_directions)
+        # Set by train_sprite_net from the training sprites; saved with the weights.
+        self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
+        self.register_buffer("feature_scale", torch.ones(cfg.feature_dim))
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Any sprite batch (uint8 or float, RGB or RGBA, any size) -> float RGB at the net's size."""
@@ -111,17 +119,23 @@ class SpriteNet(nn.Module):
             maps.append(x)
         return maps
 
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) penultimate layer of prepared input, as the heads see it (before ReLU)."""
+        return self.embed(self.feature_maps(x)[-1].flatten(start_dim=1))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, feature_dim) embedding of prepared input.
+        """(N, feature_dim) metric features of prepared input: the embedding, standardised.
 
         Taken before the activation: ReLU'd features have dead, constant-zero dimensions that make the
-        feature covariance singular, which FID's matrix square root handles badly.
+        feature covariance singular, which FID's matrix square root handles badly. Standardised with
+        the training set's per-dimension mean and std (stored buffers), so every dimension weighs the
+        same in FID and KID's polynomial kernel sees unit-scale inputs, as it assumes.
         """
-        return self.embed(self.feature_maps(x)[-1].flatten(start_dim=1))
+        return (self.embedding(x) - self.feature_mean) / self.feature_scale
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of the three heads for prepared input."""
-        h = F.relu(self.features(x))
+        h = F.relu(self.embedding(x))
         return {
             "category": self.category_head(h),
             "kind": self.kind_head(h),
@@ -154,15 +168,21 @@ class SpriteFeatureExtractor(nn.Module):
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Light, label-preserving augmentation: small shifts, brightness, small Gaussian noise.
+    """Light, label-preserving augmentation of prepared (N, 3, S, S) input.
 
-    Never a flip or rotation: that changes a directional sprite's label. The noise is kept small so the
-    features still respond to the heavier noise FID must penalise.
+    Small shifts (sprites are not always centred), per-channel gain (generated colours drift), a blur
+    on some samples (decoders and VAEs give soft edges) and faint Gaussian noise, so generated sprites
+    of the right kind are still recognised. Never a flip or rotation: that changes a directional
+    sprite's label. Blur and noise stay light so the features still respond to the heavier
+    degradations FID must penalise.
     """
     n = x.shape[0]
     dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    x = x * (0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen))
+    x = x * (0.85 + 0.3 * torch.rand(n, 3, 1, 1, generator=gen))
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    blur = (torch.rand(n, 1, 1, 1, generator=gen) < 0.25).to(x.dtype)
+    x = blur * blurred + (1 - blur) * x
     sigma = 0.02 * torch.rand(n, 1, 1, 1, generator=gen)
     return (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
 
@@ -183,7 +203,7 @@ def train_sprite_net(
     kinds: torch.Tensor,
     directions: torch.Tensor,
     *,
-    steps: int = 300,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
@@ -202,7 +222,8 @@ def train_sprite_net(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SpriteNet(config or SpriteNetConfig()).to(device)
-    x_all = net.prepare(images).cpu()
+    # Prepared once (composited, resized) and kept on the CPU in chunks, so big datasets fit.
+    x_all = torch.cat([net.prepare(images[i:i + 256]).cpu() for i in range(0, images.shape[0], 256)])
     labels_all = {
         "category": categories.long(),
         "kind": kinds.long(),
@@ -221,10 +242,20 @@ def train_sprite_net(
         opt.step()
         sched.step()
     net.eval()
+    _fit_feature_standardisation(net, x_all)
     acc = _accuracies(classify(net, images), labels_all)
     training = {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **acc}
     net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
     return net
+
+
+@torch.no_grad()
+def _fit_feature_standardisation(net: SpriteNet, prepared: torch.Tensor, batch_size: int = 256) -> None:
+    device = net.feature_mean.device
+    emb = torch.cat([net.embedding(b.to(device)) for b in prepared.split(batch_size)])
+    net.feature_mean.copy_(emb.mean(dim=0))
+    # The floor keeps a dimension that never varies on the training set from blowing up to infinity.
+    net.feature_scale.copy_(emb.std(dim=0).clamp(min=1e-3))
 
 
 def _accuracies(pred: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -285,41 +316,27 @@ def load_sprite_net(directory: str | Path, *, device: str | torch.device = "cpu"
     return net.to(device).eval()
 
 
-def dataset_fingerprint(root: str | Path) -> str:
-    """blake3 hex digest over every file under `root`, in sorted relative-path order.
-
-    Each file contributes its relative POSIX path, its size and its bytes, so a renamed, moved, edited,
-    added or removed file changes the fingerprint, and concatenation cannot make two datasets collide.
-    """
-    root = Path(root)
-    hasher = blake3.blake3()
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
-    for rel_name, path in files:
-        rel = rel_name.encode("utf-8")
-        hasher.update(len(rel).to_bytes(8, "little") + rel + path.stat().st_size.to_bytes(8, "little"))
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _load_labelled(dataset_root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _load_labelled(dataset_root: Path) -> tuple[torch.Tensor, ...]:
+    """(images, categories, kinds, directions) of every sprite of a dataset, unaugmented."""
     # Imported here so models/ loads without the dataset reader and its image dependencies.
     from catsith_sweep.data.dataset import SpriteDataset
 
     dataset = SpriteDataset(dataset_root)
-    items = [dataset[i] for i in range(len(dataset))]
-    if not items:
-        raise ValueError(f"dataset {dataset_root} has no sprites")
-    images = torch.stack([it["image"] for it in items])
-    cats, kinds, dirs = (
-        torch.tensor([int(it[key]) for it in items]) for key in ("category", "kind", "direction")
-    )
-    return images, cats, kinds, dirs
+    if len(dataset) < 2:
+        raise ValueError(f"dataset {dataset_root} has {len(dataset)} sprites; the sprite net needs two")
+    labels = []
+    for key, attribute in (("category", "categories"), ("kind", "kinds"), ("direction", "directions")):
+        values = getattr(dataset, attribute, None)
+        if values is None:  # a reader without label arrays: read them item by item
+            values = [int(dataset[i][key]) for i in range(len(dataset))]
+        labels.append(torch.as_tensor(values).long())
+    return (torch.as_tensor(dataset.images), *labels)
 
 
 def _usable_cache(directory: Path) -> SpriteNet | None:
     """The cached net if it loads and matches the current recipe and vocabulary, else None."""
+    if not directory.is_dir():
+        return None
     try:
         net = load_sprite_net(directory)
     except ValueError:
@@ -336,7 +353,7 @@ def _discard(directory: Path) -> None:
     try:
         os.replace(directory, trash)
     except FileNotFoundError:
-        return  # another process already replaced it
+        return
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -344,36 +361,37 @@ def sprite_net_for_dataset(
     dataset_root: str | Path,
     cache_dir: str | Path,
     *,
-    steps: int = 300,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> SpriteNet:
     """The sprite net of a dataset, trained once per dataset fingerprint and cached.
 
-    The cache entry is `cache_dir/<fingerprint>/`, written to a temporary directory and renamed into
-    place, so concurrent trials never see half a net: when two train at once, the first rename wins and
-    the other loads the winner. A stale entry (older recipe, other vocabulary, unreadable) is replaced.
+    The entry is `cache_dir/sprite_nets/<fingerprint>/` (`data.dataset.fingerprint`: any change to the
+    dataset trains a new net). Concurrent trials on one machine serialise on a lock file, so one trains
+    and the others load its net; the net is written to a temporary directory and renamed into place,
+    so a crash never leaves half a net behind. A stale entry (older recipe, other vocabulary,
+    unreadable) is replaced.
     """
-    dataset_root, cache_dir = Path(dataset_root), Path(cache_dir)
-    final = cache_dir / dataset_fingerprint(dataset_root)
-    cached = _usable_cache(final) if final.exists() else None
+    from catsith_sweep.data.dataset import fingerprint
+
+    dataset_root = Path(dataset_root)
+    nets = Path(cache_dir) / "sprite_nets"
+    final = nets / fingerprint(dataset_root)
+    cached = _usable_cache(final)
     if cached is not None:
         return cached.to(device)
-    images, cats, kinds, dirs = _load_labelled(dataset_root)
-    net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{final.name}-{uuid.uuid4().hex}"
-    save_sprite_net(net, tmp)
-    if final.exists():
-        _discard(final)
-    try:
+    nets.mkdir(parents=True, exist_ok=True)
+    with open(nets / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _usable_cache(final)  # another trial may have trained it while we waited
+        if cached is not None:
+            return cached.to(device)
+        images, cats, kinds, dirs = _load_labelled(dataset_root)
+        net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
+        tmp = nets / f".tmp-{final.name}-{uuid.uuid4().hex}"
+        save_sprite_net(net, tmp)
+        if final.exists():
+            _discard(final)
         os.rename(tmp, final)
-    except OSError:
-        # Another process renamed its net into place first: use theirs, drop ours.
-        shutil.rmtree(tmp, ignore_errors=True)
-        winner = _usable_cache(final)
-        if winner is not None:
-            return winner.to(device)
-        raise
     return net
-

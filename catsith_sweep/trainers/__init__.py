@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,3 +32,20 @@ def make_trainer(experiment: Experiment, workdir: Path) -> Trainer:
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(experiment, workdir)
+
+
+def prepare(experiment: Experiment, log: Callable[[str], None] = print) -> Path:
+    """Once per sweep, in the driver: materialise the dataset (synth sets are generated here) and
+    build the builtin base if a trainer that fine-tunes one needs it, so trials never race to do it.
+    Returns the dataset folder."""
+    from catsith_sweep.data.source import dataset_root
+    from catsith_sweep.models.base_source import ensure_builtin
+
+    root = dataset_root(experiment.data, experiment.model.cache_dir)
+    if experiment.trainer in NEEDS_BASE:
+        ensure_builtin(experiment.model.base, experiment.model.cache_dir, log=log)
+    return root
+
+
+# Trainers that start from `model.base` (the others build their model from scratch).
+NEEDS_BASE = ("lora", "distill")

@@ -150,5 +150,6 @@ def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: R
         evaluation = trainer.evaluate(workdir / "eval" / f"step_{trainer.step:06d}")
     exports = trainer.export(workdir / "export")
     write_resolved_config(workdir / "export", experiment)
-    report(Report(step=trainer.step, metrics=evaluation.metrics, exports=exports, final=True))
+    report(Report(step=trainer.step, metrics=evaluation.metrics, images=evaluation.images, exports=exports,
+                  final=True))
     return evaluation

@@ -74,7 +74,7 @@ class FullTrainer:
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.vae_opt.step()
-        return {"vae_recon_mse": float(rec), "vae_kl": float(kl)}
+        return {"vae_recon_mse": rec.item(), "vae_kl": kl.item()}
 
     def _cache_latents(self) -> None:
         """Freeze the VAE, set its scaling factor so latents have unit variance (as SD's 0.18215 does
@@ -111,7 +111,7 @@ class FullTrainer:
                                            self.exp.train.max_grad_norm)
         self.opt.step()
         self.sched.step()
-        return {"loss": float(loss), "lr": self.sched.get_last_lr()[0]}
+        return {"loss": loss.item(), "lr": self.sched.get_last_lr()[0]}
 
     def train(self, steps: int, log: Any) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -51,6 +51,19 @@ def sprite_net(dataset: Any, experiment: Experiment) -> Any:
     return sprite_net_for_dataset(dataset.root, experiment.model.cache_dir or default_cache_dir())
 
 
+def save_samples_tensors(path: Path, images: torch.Tensor, reference: torch.Tensor | None,
+                         prompts: list[str], seeds: int) -> None:
+    """The grid's pixels, for the sweep's side-by-side comparison of trials."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {"images": images.contiguous()}
+    if reference is not None:
+        tensors["reference"] = reference.contiguous()
+    save_file(tensors, str(path), metadata={"prompts": json.dumps(prompts), "seeds": str(seeds)})
+
+
 @torch.no_grad()
 def evaluate_samples(parts: DiffusionParts, dataset: Any, experiment: Experiment, out_dir: Path,
                      prompts: list[str], step: int, device: torch.device) -> Evaluation:
@@ -60,8 +73,9 @@ def evaluate_samples(parts: DiffusionParts, dataset: Any, experiment: Experiment
     ev = experiment.eval
     grid_images = D.generate(parts, prompts, ev.seeds, steps=ev.num_inference_steps,
                              guidance_scale=ev.guidance_scale, device=device)
-    grid = D.save_sample_grid(grid_images, prompts, len(ev.seeds), out_dir / "samples.png",
-                              reference=reference_images(dataset, prompts))
+    reference = reference_images(dataset, prompts)
+    grid = D.save_sample_grid(grid_images, prompts, len(ev.seeds), out_dir / "samples.png", reference=reference)
+    save_samples_tensors(out_dir / "samples.safetensors", grid_images, reference, prompts, len(ev.seeds))
     subset = metric_subset(dataset, ev.num_metric_samples)
     captions = [dataset.captions[i] for i in subset]
     fake = torch.cat([

@@ -1,0 +1,117 @@
+"""The guide's `metadata.json` (TRAINING_GUIDE.md, "Metadata Schema") as pydantic models.
+
+The models check types and ranges only. Rules that need the vocabulary or the files on disk (known
+kinds, direction counts, files present) live in `validate.py`, which reports them all together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from catsith_sweep.errors import DatasetError
+
+METADATA_NAME = "metadata.json"
+IMAGES_DIR = "images"
+CAPTIONS_DIR = "captions"
+
+# The guide's caption_generator words: the fixed first part and the fixed last parts of a caption.
+DEFAULT_STYLE_PREFIX = "pixel art game sprite, "
+DEFAULT_STYLE_SUFFIX = ", transparent background, 16-bit retro style"
+
+# Strict ints: a colour written as 0.5 or "64" is a mistake to report, not to coerce.
+Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Entity(_Model):
+    """One game entity: all the sprites of one design (8 for a directional ship, else usually 1)."""
+
+    id: str = Field(min_length=1)
+    category: str
+    kind: str
+    directions: int = Field(strict=True)
+    base_color: tuple[Channel, Channel, Channel] | None = None
+    files: list[str] = Field(min_length=1)
+
+
+class Captions(_Model):
+    """Words put before and after every generated caption (see captions.py for how they combine)."""
+
+    style_prefix: str = DEFAULT_STYLE_PREFIX
+    style_suffix: str = DEFAULT_STYLE_SUFFIX
+
+
+class Metadata(_Model):
+    version: str
+    style: str
+    entities: list[Entity]
+    captions: Captions = Field(default_factory=Captions)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """('entities', 3, 'base_color', 0) -> 'entities[3].base_color[0]'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    path = _key_path(tuple(error["loc"]))
+    if error["type"] == "missing":
+        return f"{METADATA_NAME}: {path}: required key is missing"
+    if error["type"] == "extra_forbidden":
+        return f"{METADATA_NAME}: {path}: unknown key (allowed keys follow the guide's schema)"
+    return f"{METADATA_NAME}: {path}: {error['msg']} (got {error['input']!r})"
+
+
+def parse_metadata(data: Any) -> Metadata:
+    """Validate already-decoded JSON; DatasetError lists every schema problem with its key path."""
+    try:
+        return Metadata.model_validate(data)
+    except ValidationError as exc:
+        raise DatasetError([_describe(e) for e in exc.errors()]) from None
+
+
+def load_metadata(root: Path) -> Metadata:
+    """Read `root/metadata.json`; DatasetError names the file, the key path and the rule broken."""
+    path = Path(root) / METADATA_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{METADATA_NAME}: missing in {root} (expected the guide's metadata file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{METADATA_NAME}: cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{METADATA_NAME}: not valid JSON: {exc}") from None
+    return parse_metadata(data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metadata(root: Path, metadata: Metadata) -> None:
+    """Write `root/metadata.json` atomically, in the guide's key order."""
+    text = json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"
+    atomic_write_bytes(Path(root) / METADATA_NAME, text.encode("utf-8"))

@@ -1,0 +1,163 @@
+"""`run`: an experiment as a Ray Tune sweep with Optuna search, tracked in MLflow, resumable.
+
+Layout on disk, per experiment: `runs/<name>/<sweep id>/` holds `sweep.json` (parent run id, status,
+config fingerprint) and Ray's own experiment folder `tune/`. `run` on an experiment whose latest sweep
+was interrupted continues that sweep (same config) with `Tuner.restore`; `--resume` insists on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catsith_sweep.config import LoadedExperiment, dump_resolved
+from catsith_sweep.errors import UserInputError
+from catsith_sweep.trainers.base import atomic_write_text
+
+STATE_FILE = "sweep.json"
+RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    parent_run_id: str
+    best: dict[str, Any] | None
+    counts: dict[str, int]
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_fingerprint(loaded: LoadedExperiment) -> str:
+    space = {k: v.model_dump() for k, v in sorted(loaded.space.items())}
+    text = dump_resolved(loaded.experiment) + json.dumps(space, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
+    """The latest sweep folder of this experiment that did not finish, if its config is the same."""
+    if not runs_dir.is_dir():
+        return None
+    for sweep_dir in sorted(runs_dir.iterdir(), reverse=True):
+        state_path = sweep_dir / STATE_FILE
+        if not state_path.is_file():
+            continue
+        state = json.loads(state_path.read_text())
+        if state.get("status") == "finished":
+            return None
+        return sweep_dir if state.get("fingerprint") == fingerprint else None
+    return None
+
+
+def write_state(sweep_dir: Path, **state: Any) -> None:
+    path = sweep_dir / STATE_FILE
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_text(path, json.dumps({**current, **state}, indent=2))
+
+
+def init_ray(address: str | None, env: dict[str, str]) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Trials send evaluation results only; failed trials report no metric (see trainable.py).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
+                              "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(_temp_dir=RAY_TMP, **kwargs)
+
+
+def check_tracking_reaches_workers(uri: str, address: str | None) -> None:
+    """A sqlite file (or local artifact folder) on the driver cannot be written by other nodes."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not uri.startswith(("http://", "https://", "databricks")):
+        raise UserInputError(
+            f"tracking.uri is {uri!r}, a local store, but the Ray cluster at {address} has {len(nodes)} "
+            "nodes: trials on other nodes cannot write to it. Start an MLflow server reachable from every "
+            "node (`mlflow server --host 0.0.0.0 ...`) and pass --tracking-uri http://HOST:PORT")
+
+
+def trial_env() -> dict[str, str]:
+    keys = ("CATSITH_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_DISABLE_TELEMETRY",
+            "HF_HOME", "NO_ALBUMENTATIONS_UPDATE")
+    env = {k: os.environ[k] for k in keys if k in os.environ}
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return env
+
+
+def budget_evaluations(loaded: LoadedExperiment) -> int:
+    exp = loaded.experiment
+    steps = exp.train.max_steps or 0
+    return max(1, -(-steps // exp.eval.every_n_steps)) if steps else 10
+
+
+def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_uri: str | None = None,
+              resume: bool = False, runs_root: Path = Path("runs"), log: Any = print) -> SweepOutcome:
+    """Run (or continue) the sweep of `loaded`; returns where it lives and how it went."""
+    from catsith_sweep import tracking
+    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
+    from catsith_sweep.trainers import prepare
+
+    exp = loaded.experiment
+    uri = tracking_uri or exp.tracking_uri
+    runs_dir = (runs_root / exp.name).resolve()
+    fingerprint = config_fingerprint(loaded)
+    sweep_dir = find_resumable(runs_dir, fingerprint)
+    if resume and sweep_dir is None:
+        raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
+    dataset_dir = prepare(exp, log=log)
+    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
+
+    experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
+    if sweep_dir is not None:
+        state = json.loads((sweep_dir / STATE_FILE).read_text())
+        parent_run_id = state["parent_run_id"]
+        log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id})")
+    else:
+        sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
+        sweep_dir.mkdir(parents=True, exist_ok=False)
+        from catsith_sweep.sweep.summary import start_parent_run
+
+        parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
+        write_state(sweep_dir, parent_run_id=parent_run_id, status="running", fingerprint=fingerprint,
+                    experiment=str(loaded.path), tracking_uri=uri, experiment_id=experiment_id)
+    init_ray(address, trial_env())
+    check_tracking_reaches_workers(uri, address)
+    from catsith_sweep.sweep.trainable import SweepContext
+
+    context = SweepContext(
+        experiment=exp.model_dump(mode="json"), fixed_params={}, tracking_uri=uri, experiment_id=experiment_id,
+        parent_run_id=parent_run_id, sweep_id=sweep_dir.name, git_commit=git_commit(),
+        dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
+    )
+    tune_dir = sweep_dir / "tune"
+    if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
+        tuner, outcomes = restore_tuner(loaded, context, tune_dir)
+    else:
+        tuner, outcomes = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
+    results = tuner.fit()
+    from catsith_sweep.sweep.summary import finish_parent_run
+
+    best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)
+    write_state(sweep_dir, status="finished", best=best, counts=counts)
+    return SweepOutcome(sweep_dir, parent_run_id, best, counts)

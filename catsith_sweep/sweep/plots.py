@@ -1,0 +1,106 @@
+"""Pictures for the parent run: Optuna's own optimization-history and parameter-importance plots
+(from a study rebuilt out of the tracked trials, so resumed sweeps plot whole), and the top trials'
+samples side by side with the ground truth."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from catsith_sweep.config import LoadedExperiment
+
+
+def rebuild_study(loaded: LoadedExperiment, rows: list[dict[str, Any]]) -> Any:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from catsith_sweep.sweep.space import _encode, optuna_space
+
+    exp = loaded.experiment
+    metric, mode = exp.search.metrics()[0], exp.search.modes()[0]
+    dists, _ = optuna_space(loaded.space)
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
+                                study_name=exp.name)
+    for row in rows:
+        try:
+            params = {k: _encode(json.loads(row["params"][k])) for k in dists}
+        except (KeyError, json.JSONDecodeError):
+            continue
+        value = row.get(metric)
+        finished = row["outcome"] == "finished" and isinstance(value, float)
+        state = TrialState.COMPLETE if finished else (
+            TrialState.PRUNED if row["outcome"] == "stopped early" else TrialState.FAIL)
+        study.add_trial(create_trial(params=params, distributions=dists, value=value if finished else None,
+                                     state=state))
+    return study
+
+
+def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """optimization_history.png and param_importances.png (the latter needs 2+ finished trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    if not loaded.space:
+        return []
+    study = rebuild_study(loaded, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    plots = [("optimization_history.png", ovm.plot_optimization_history)]
+    if len(complete) >= 2 and len(loaded.space) >= 1:
+        plots.append(("param_importances.png", ovm.plot_param_importances))
+    for name, plot in plots:
+        try:
+            axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue  # e.g. importances when every finished trial got the same params
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=110)
+        plt.close(figure)
+        made.append(out_dir / name)
+    return made
+
+
+def comparison_grid(uri: str, ranked: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Rows: the grid prompts; columns: ground truth, then the top trials (first seed each)."""
+    if not ranked:
+        return []
+    from mlflow.artifacts import download_artifacts
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    from catsith_sweep.metrics.images import make_grid_png, save_png_atomic
+
+    columns, prompts, reference = [], None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in ranked:
+            try:
+                local = download_artifacts(run_id=row["run_id"], artifact_path="samples/samples.safetensors",
+                                           dst_path=tmp, tracking_uri=uri)
+            except Exception:  # a trial without samples (e.g. a non-image trainer)
+                continue
+            tensors = load_file(local)
+            with safe_open(local, "pt") as handle:
+                meta = handle.metadata() or {}
+            prompts = json.loads(meta.get("prompts", "[]"))
+            seeds = int(meta.get("seeds", "1"))
+            columns.append(tensors["images"][::seeds])
+            reference = tensors.get("reference", reference)
+    if not columns or not prompts:
+        return []
+    import torch
+
+    stacked = torch.stack(columns, dim=1).flatten(0, 1)  # prompt-major, one column per trial
+    labels = [f"#{i + 1} {r['trial']}" for i, r in enumerate(ranked[:len(columns)])]
+    grid = make_grid_png(stacked, rows=prompts, columns=len(columns), reference=reference, column_labels=labels)
+    path = out_dir / "top_trials_comparison.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_png_atomic(grid, path)
+    return [path]

@@ -1,0 +1,94 @@
+"""The Ray side of a trial: turn sampled params into an experiment, run the plain trial loop, forward
+its reports to Ray Tune (evaluations and checkpoints) and to MLflow (everything)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Flags in the results a trial sends to Ray; the driver and the searcher read them.
+FINISHED = "trial_finished"
+FAILED = "trial_failed"
+STEP = "step"
+
+
+@dataclass
+class SweepContext:
+    """What every trial of one sweep shares (sent once to the workers)."""
+
+    experiment: dict[str, Any]
+    fixed_params: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_id: str
+    git_commit: str
+    dataset_fingerprint: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def trial_main(params: dict[str, Any], context: SweepContext) -> None:
+    """Body of every Ray trial (a function trainable)."""
+    from ray import tune
+
+    from catsith_sweep.config import Experiment, apply_params
+    from catsith_sweep.sweep.space import decode_params
+    from catsith_sweep.tracking.trial_logger import TrialLogger, trial_tags
+    from catsith_sweep.trainers import make_trainer
+    from catsith_sweep.trainers.base import Report, run_trial
+
+    os.environ.update(context.env)
+    sampled = {**context.fixed_params, **decode_params(params)}
+    experiment = apply_params(Experiment.model_validate(context.experiment), sampled)
+    ray_context = tune.get_context()
+    trial_id = ray_context.get_trial_id()
+    logger = TrialLogger(
+        uri=context.tracking_uri, experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
+        trial_id=trial_id, trial_name=ray_context.get_trial_name(),
+        tags=trial_tags(context.sweep_id, context.git_commit, context.dataset_fingerprint),
+        params=sampled, config=experiment.model_dump(mode="json"),
+    )
+    started = time.perf_counter()
+
+    def report(r: Report) -> None:
+        logger.log_metrics(r.metrics, r.step)
+        if not r.final:  # the final report repeats the last evaluation's images
+            for key, path in r.images.items():
+                logger.log_image(path, key, r.step)
+        if r.final:
+            samples = {p.name: p for img in r.images.values() for p in img.parent.glob(f"{img.stem}.*")}
+            logger.log_artifacts(samples, "samples")
+            logger.log_artifacts(r.exports, "export")
+            logger.log_artifacts({"config": workdir / "export" / "config.yaml"}, "export")
+            elapsed = time.perf_counter() - started
+            logger.log_metrics({"tracking_seconds": logger.seconds, "trial_seconds": elapsed}, r.step)
+            logger.flush()
+            tune.report({**r.metrics, STEP: r.step, FINISHED: True, FAILED: False})
+        elif r.checkpoint is not None:
+            from ray.tune import Checkpoint
+
+            tune.report({**r.metrics, STEP: r.step, FINISHED: False, FAILED: False},
+                        checkpoint=Checkpoint.from_directory(str(r.checkpoint)))
+        # plain training-loss reports go to MLflow only: Ray and its scheduler see evaluations
+
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="catsith_trial_") as tmp:
+        workdir = Path(tmp)
+        try:
+            trainer = make_trainer(experiment, workdir)
+            if checkpoint is not None:
+                with checkpoint.as_directory() as ckpt_dir:
+                    resume = workdir / "resume"
+                    import shutil
+
+                    shutil.copytree(ckpt_dir, resume)
+                run_trial(trainer, experiment, workdir, report, resume_from=resume)
+            else:
+                run_trial(trainer, experiment, workdir, report)
+        except Exception as exc:  # the trial fails alone; the sweep goes on (see README: failures)
+            logger.record_error(exc)
+            tune.report({STEP: -1, FINISHED: False, FAILED: True, "error": f"{type(exc).__name__}: {exc}"})
