@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,9 +48,9 @@ class Tiny:
 
     base_unet: dict[str, torch.Tensor]
     base_te: dict[str, torch.Tensor]
-    te_config: object
-    tokenizer: object
-    vae: object
+    te_config: Any
+    tokenizer: Any
+    vae: Any
     ids: torch.Tensor
     x: torch.Tensor
     t: torch.Tensor
@@ -59,16 +60,19 @@ class Tiny:
     layers: list[LoraLayer]
 
 
-def _tokenizer() -> object:
-    """A CLIP tokenizer built in memory (no hub): a fixed 4-entry BPE vocabulary."""
+def _tokenizer() -> Any:
+    """A CLIP tokenizer built in memory (no hub): a fixed 4-entry BPE vocabulary.
+
+    In transformers 5 CLIPTokenizerFast is an alias of CLIPTokenizer, which takes a `tokenizer_object`.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPTokenizerFast
+    from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}
     obj = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     obj.pre_tokenizer = pre_tokenizers.Whitespace()
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
-    return CLIPTokenizerFast(
+    return CLIPTokenizer(
         tokenizer_object=obj, unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=77, **special
     )
 
@@ -89,7 +93,7 @@ def tiny() -> Tiny:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet: Any = UNet2DConditionModel(**UNET_CONFIG)
     te_config = CLIPTextConfig(
         hidden_size=32,
         intermediate_size=37,
@@ -102,7 +106,7 @@ def tiny() -> Tiny:
         eos_token_id=1,
         pad_token_id=1,
     )
-    te = CLIPTextModel(te_config)
+    te: Any = CLIPTextModel(te_config)
     vae = AutoencoderKL(
         block_out_channels=(8,),
         down_block_types=("DownEncoderBlock2D",),
@@ -130,14 +134,14 @@ def tiny() -> Tiny:
     return Tiny(base_unet, base_te, te_config, tokenizer, vae, ids, x, t, ref_enc, ref_out, base_out, layers)
 
 
-def _fresh_pipeline(tiny: Tiny) -> object:
+def _fresh_pipeline(tiny: Tiny) -> Any:
     """A StableDiffusionPipeline of the base (un-adapted) tiny models."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet: Any = UNet2DConditionModel(**UNET_CONFIG)
     unet.load_state_dict(tiny.base_unet)
-    te = CLIPTextModel(tiny.te_config)
+    te: Any = CLIPTextModel(tiny.te_config)
     te.load_state_dict(tiny.base_te)
     return StableDiffusionPipeline(
         vae=tiny.vae,
@@ -151,10 +155,10 @@ def _fresh_pipeline(tiny: Tiny) -> object:
     )
 
 
-def _outputs(pipe: object, tiny: Tiny) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(pipe: Any, tiny: Tiny) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        enc = pipe.text_encoder(tiny.ids)[0]  # type: ignore[attr-defined]
-        return enc, pipe.unet(tiny.x, tiny.t, enc).sample  # type: ignore[attr-defined]
+        enc = pipe.text_encoder(tiny.ids)[0]
+        return enc, pipe.unet(tiny.x, tiny.t, enc).sample
 
 
 def _assert_same_deltas(got: list[LoraLayer], want: list[LoraLayer], atol: float = 1e-6) -> None:
@@ -178,15 +182,18 @@ def test_lora_layers_neutral_form(tiny: Tiny) -> None:
 def test_apply_layers_reproduces_adapter(tiny: Tiny) -> None:
     """Merging (alpha / rank) * up @ down into plain models gives the adapter's outputs: the delta is right."""
     pipe = _fresh_pipeline(tiny)
-    assert apply_layers(pipe.unet, tiny.layers, component="unet") == 32  # type: ignore[attr-defined]
-    assert apply_layers(pipe.text_encoder, tiny.layers, component="text_encoder") == 8  # type: ignore[attr-defined]
+    assert apply_layers(pipe.unet, tiny.layers, component="unet") == 32
+    assert apply_layers(pipe.text_encoder, tiny.layers, component="text_encoder") == 8
     enc, out = _outputs(pipe, tiny)
     torch.testing.assert_close(enc, tiny.ref_enc, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, tiny.ref_out, atol=1e-5, rtol=0)
 
 
 def test_peft_safetensors_loads_in_diffusers(tiny: Tiny, tmp_path: Path) -> None:
-    path = save_peft_safetensors(tiny.layers, tmp_path / "lora.safetensors", config={"trainer": "lora", "r": 4})
+    meta_in = {"base_model": "tiny-sd", "format": "spoof", "steps": 3}
+    path = save_peft_safetensors(
+        tiny.layers, tmp_path / "lora.safetensors", config={"trainer": "lora", "r": 4}, metadata=meta_in
+    )
     with safe_open(str(path), framework="pt") as fh:
         keys, meta = set(fh.keys()), fh.metadata()
     assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in keys
@@ -195,9 +202,11 @@ def test_peft_safetensors_loads_in_diffusers(tiny: Tiny, tmp_path: Path) -> None
     assert not any(k.endswith(".alpha") for k in keys)  # diffusers rejects them: alpha is folded instead
     assert meta["catsith_sweep.rank"] == "4" and meta["catsith_sweep.alpha_folded"] == "true"
     assert json.loads(meta["catsith_sweep.config"]) == {"r": 4, "trainer": "lora"}
+    assert meta["catsith_sweep.base_model"] == "tiny-sd" and meta["catsith_sweep.steps"] == "3"
+    assert meta["catsith_sweep.format"] == "catsith_sweep.peft_diffusers_lora.v1" and meta["format"] == "pt"
 
     pipe = _fresh_pipeline(tiny)
-    pipe.load_lora_weights(str(path))  # type: ignore[attr-defined]
+    pipe.load_lora_weights(str(path))
     enc, out = _outputs(pipe, tiny)
     torch.testing.assert_close(enc, tiny.ref_enc, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, tiny.ref_out, atol=1e-5, rtol=0)
@@ -215,7 +224,7 @@ def test_kohya_safetensors_loads_in_diffusers(tiny: Tiny, tmp_path: Path) -> Non
     assert float(alpha) == 8.0
 
     pipe = _fresh_pipeline(tiny)
-    pipe.load_lora_weights(str(path))  # type: ignore[attr-defined]
+    pipe.load_lora_weights(str(path))
     enc, out = _outputs(pipe, tiny)
     torch.testing.assert_close(enc, tiny.ref_enc, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, tiny.ref_out, atol=1e-5, rtol=0)
@@ -293,3 +302,17 @@ def test_foreign_peft_file_alpha_sources(tmp_path: Path) -> None:
     assert load_lora_file(tmp_path / "m.safetensors")[0].alpha == 5.0
     save_file({"unet.m.lora_A.weight": down, "unet.m.lora_B.weight": up}, str(tmp_path / "r.safetensors"))
     assert load_lora_file(tmp_path / "r.safetensors")[0].alpha == 2.0  # no alpha anywhere: alpha = rank
+
+
+def test_diffusers_rejects_alpha_keys_in_peft_naming(tiny: Tiny, tmp_path: Path) -> None:
+    """Why save_peft_safetensors folds alpha instead of writing `<layer>.alpha`: diffusers 0.42 refuses it.
+
+    If a diffusers upgrade makes this pass, the fold can be revisited (CatSith reads `.alpha` keys).
+    """
+    from safetensors.torch import save_file
+
+    layer = tiny.layers[0]
+    tensors = {f"{layer.name}.lora_A.weight": layer.down, f"{layer.name}.lora_B.weight": layer.up}
+    save_file({**tensors, f"{layer.name}.alpha": torch.tensor(layer.alpha)}, str(tmp_path / "a.safetensors"))
+    with pytest.raises(ValueError, match="contain `'lora'` substring"):
+        _fresh_pipeline(tiny).load_lora_weights(str(tmp_path / "a.safetensors"))

@@ -6,6 +6,7 @@ import json
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -15,6 +16,7 @@ from catsith_sweep.export.lora_formats import LoraLayer, lora_delta
 from catsith_sweep.registry import (
     Category,
     PackageError,
+    PackageResult,
     WeightsBinError,
     decode_weights_bin,
     encode_weights_bin,
@@ -44,10 +46,10 @@ def _layers(seed: int = 0, rank: int = 4, alpha: float = 8.0) -> list[LoraLayer]
     ]
 
 
-def _write(registry: Path, tmp: Path, *, slug: str = "pixel-ships", seed: int = 0, **kw: object) -> object:
+def _write(registry: Path, tmp: Path, *, slug: str = "pixel-ships", seed: int = 0, **kw: Any) -> PackageResult:
     preview = tmp / "sample.PNG"
     preview.write_bytes(PNG)
-    args: dict[str, object] = {
+    args: dict[str, Any] = {
         "slug": slug,
         "layers": _layers(seed),
         "name": "Pixel ships",
@@ -61,20 +63,20 @@ def _write(registry: Path, tmp: Path, *, slug: str = "pixel-ships", seed: int = 
         "created_at": 1_700_000_000,
     }
     args.update(kw)
-    return write_package(registry, **args)  # type: ignore[arg-type]
+    return write_package(registry, **args)
 
 
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
     result = _write(tmp_path / "loras", tmp_path)
-    return result.path  # type: ignore[attr-defined,no-any-return]
+    return result.path
 
 
-def _manifest(pkg: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((pkg / "manifest.json").read_text())  # type: ignore[no-any-return]
+def _manifest(pkg: Path) -> dict[str, Any]:
+    return json.loads((pkg / "manifest.json").read_text())
 
 
-def _set_manifest(pkg: Path, doc: dict) -> None:  # type: ignore[type-arg]
+def _set_manifest(pkg: Path, doc: dict[str, Any]) -> None:
     (pkg / "manifest.json").write_text(json.dumps(doc))
 
 
@@ -126,10 +128,10 @@ def test_weights_bin_refuses_mixed_rank_and_nan(tmp_path: Path) -> None:
         (lambda d: d[:12] + struct.pack("<I", 9) + d[16:], "truncated"),  # claims 9 layers
     ],
 )
-def test_weights_bin_strict_reader(mutate: object, message: str) -> None:
+def test_weights_bin_strict_reader(mutate: Any, message: str) -> None:
     data = encode_weights_bin(_layers())
     with pytest.raises(WeightsBinError, match=message):
-        decode_weights_bin(mutate(data))  # type: ignore[operator]
+        decode_weights_bin(mutate(data))
 
 
 # ------------------------------------------------------------------------------------------ packages
@@ -257,17 +259,16 @@ def test_empty_name_and_zero_size(package: Path) -> None:
 
 def test_warnings_are_not_errors(tmp_path: Path) -> None:
     result = _write(tmp_path / "r", tmp_path, previews=[], tags=[], compatible_with=[("mystery_v9", "1")])
-    findings = verify_package(result.path)  # type: ignore[attr-defined]
+    findings = verify_package(result.path)
     assert not has_errors(findings)
     messages = {str(f) for f in findings}
     assert {"warning: no previews", "warning: no tags"} <= messages
     assert any("unknown name 'mystery_v9'" in m for m in messages)
-    doc = _manifest(result.path)  # type: ignore[attr-defined]
+    doc = _manifest(result.path)
     doc["extra"] = 1
-    _set_manifest(result.path, doc)  # type: ignore[attr-defined]
+    _set_manifest(result.path, doc)
     assert "warning: manifest.json: unknown field 'extra' (CatSith ignores it)" in {
-        str(f)
-        for f in verify_package(result.path)  # type: ignore[attr-defined]
+        str(f) for f in verify_package(result.path)
     }
 
 
@@ -275,7 +276,7 @@ def test_same_content_twice_writes_nothing(tmp_path: Path) -> None:
     registry = tmp_path / "loras"
     first = _write(registry, tmp_path)
     second = _write(registry, tmp_path, description="other words, same LoRA")
-    assert second.status == "already_present" and second.path == first.path  # type: ignore[attr-defined]
+    assert second.status == "already_present" and second.path == first.path
     assert sorted(p.name for p in registry.iterdir()) == [".staging", "pixel-ships"]
 
 
@@ -285,11 +286,11 @@ def test_different_content_same_slug_is_versioned(tmp_path: Path) -> None:
     second = _write(registry, tmp_path, seed=1)
     third = _write(registry, tmp_path, seed=2, name="Pixel ships v3")
     again = _write(registry, tmp_path, seed=1)
-    assert (second.status, second.slug) == ("versioned", "pixel-ships-2")  # type: ignore[attr-defined]
-    assert "pixel-ships holds a different LoRA" in second.message  # type: ignore[attr-defined]
-    assert any("CatSith indexes LoRAs by name" in w for w in second.warnings)  # type: ignore[attr-defined]
-    assert third.slug == "pixel-ships-3" and third.warnings == []  # type: ignore[attr-defined]
-    assert (again.status, again.slug) == ("already_present", "pixel-ships-2")  # type: ignore[attr-defined]
+    assert (second.status, second.slug) == ("versioned", "pixel-ships-2")
+    assert "pixel-ships holds a different LoRA" in second.message
+    assert any("CatSith indexes LoRAs by name" in w for w in second.warnings)
+    assert third.slug == "pixel-ships-3" and third.warnings == []
+    assert (again.status, again.slug) == ("already_present", "pixel-ships-2")
     infos = list_packages(registry)
     assert [i.slug for i in infos] == ["pixel-ships", "pixel-ships-2", "pixel-ships-3"]
     assert infos[0].name == "Pixel ships" and infos[0].rank == 4 and infos[0].error is None
@@ -301,7 +302,7 @@ def test_different_content_same_slug_is_versioned(tmp_path: Path) -> None:
 
 def test_concurrent_promotions_do_not_corrupt(tmp_path: Path) -> None:
     registry = tmp_path / "loras"
-    results: list[object] = []
+    results: list[PackageResult] = []
     threads = [
         threading.Thread(target=lambda s=seed: results.append(_write(registry, tmp_path, seed=s % 2)))
         for seed in range(4)
@@ -310,7 +311,7 @@ def test_concurrent_promotions_do_not_corrupt(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    statuses = sorted(r.status for r in results)  # type: ignore[attr-defined]
+    statuses = sorted(r.status for r in results)
     assert statuses.count("already_present") == 2
     assert sorted(p.name for p in registry.iterdir() if not p.name.startswith(".")) == ["pixel-ships", "pixel-ships-2"]
     assert all(not has_errors(f) for f in verify_registry(registry).values())
@@ -340,7 +341,7 @@ def test_extra_files_and_mixed_alpha(tmp_path: Path) -> None:
     layers = _layers()
     layers[2] = LoraLayer(layers[2].name, layers[2].down, layers[2].up, 2.0)  # another alpha
     result = _write(tmp_path / "r", tmp_path, layers=layers, extra_files={"lora.safetensors": extra})
-    pkg = result.path  # type: ignore[attr-defined]
+    pkg = result.path
     assert (pkg / "lora.safetensors").read_bytes() == b"peft file"
     assert not has_errors(verify_package(pkg)) and _manifest(pkg)["weights"]["alpha"] == 8.0
     parsed = read_weights_bin(pkg / "weights.bin")

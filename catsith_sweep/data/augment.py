@@ -64,6 +64,8 @@ class SpriteAugment:
     def __call__(self, rgba: np.ndarray, *, directions: int) -> np.ndarray:
         if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
             raise DatasetError(f"augment: expected an H x W x 4 uint8 RGBA array, got {rgba.shape} {rgba.dtype}")
+        if not getattr(self.section, "enabled", True):
+            return rgba.copy()  # a disabled section is a no-op, whoever built this object
         if directions > 1:
             image, colour = rgba, self.directional
         else:

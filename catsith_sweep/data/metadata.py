@@ -65,12 +65,23 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
+def _allowed_keys(loc: tuple[int | str, ...]) -> str:
+    """The keys the model at the parent of `loc` accepts, for an unknown-key message."""
+    model: type[BaseModel] = Metadata
+    if loc[:1] == ("entities",) and len(loc) > 2:
+        model = Entity
+    elif loc[:1] == ("captions",) and len(loc) > 1:
+        model = Captions
+    return ", ".join(model.model_fields)
+
+
 def _describe(error: Any) -> str:
     path = _key_path(tuple(error["loc"]))
     if error["type"] == "missing":
-        return f"{METADATA_NAME}: {path}: required key is missing"
+        what = "value (expected [r, g, b])" if error["loc"] and isinstance(error["loc"][-1], int) else "key"
+        return f"{METADATA_NAME}: {path}: required {what} is missing"
     if error["type"] == "extra_forbidden":
-        return f"{METADATA_NAME}: {path}: unknown key (allowed keys follow the guide's schema)"
+        return f"{METADATA_NAME}: {path}: unknown key; allowed keys here: {_allowed_keys(tuple(error['loc']))}"
     return f"{METADATA_NAME}: {path}: {error['msg']} (got {error['input']!r})"
 
 
@@ -82,8 +93,8 @@ def parse_metadata(data: Any) -> Metadata:
         raise DatasetError([_describe(e) for e in exc.errors()]) from None
 
 
-def load_metadata(root: Path) -> Metadata:
-    """Read `root/metadata.json`; DatasetError names the file, the key path and the rule broken."""
+def read_metadata_json(root: Path) -> Any:
+    """The decoded JSON of `root/metadata.json`; DatasetError when it is missing, unreadable or not JSON."""
     path = Path(root) / METADATA_NAME
     try:
         text = path.read_text(encoding="utf-8")
@@ -92,10 +103,29 @@ def load_metadata(root: Path) -> Metadata:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{METADATA_NAME}: cannot read: {exc}") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{METADATA_NAME}: not valid JSON: {exc}") from None
-    return parse_metadata(data)
+
+
+def load_metadata(root: Path) -> Metadata:
+    """Read `root/metadata.json`; DatasetError names the file, the key path and the rule broken."""
+    return parse_metadata(read_metadata_json(root))
+
+
+def raw_listing(data: Any) -> list[tuple[int, int, str]] | None:
+    """Best-effort (entity index, position, name) of every file name in decoded metadata that failed
+    the schema, so the disk can still be checked against it; None when there is no entity list."""
+    entities = data.get("entities") if isinstance(data, dict) else None
+    if not isinstance(entities, list):
+        return None
+    return [
+        (e, j, name)
+        for e, entity in enumerate(entities)
+        if isinstance(entity, dict) and isinstance(entity.get("files"), list)
+        for j, name in enumerate(entity["files"])
+        if isinstance(name, str)
+    ]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -320,6 +320,7 @@ PROJECTILES: dict[str, Painter] = {"bullet": _bullet, "bomb": _bomb, "beam": _be
                                    "plasma": _plasma, "laser": _laser}
 ENVIRONMENT: dict[str, Painter] = {"asteroid": _asteroid, "debris": _debris, "station": _station_env,
                                    "portal": _portal, "nebula": _nebula, "star": _star, "planet": _planet}
+PAINTERS = {"vehicle": SHIPS, "projectile": PROJECTILES, "environment": ENVIRONMENT}
 NO_OUTLINE = {"star", "nebula", "beam", "laser", "plasma"}  # glowing things: no dark edge
 
 
@@ -409,58 +410,37 @@ def _sprite_rng(seed: int, category: str, kind: str, variant: int) -> np.random.
                                   vocab.kind_label(category, kind), variant])
 
 
-def _design(painter: Painter, grid: int, rng: np.random.Generator) -> np.ndarray:
-    canvas = Canvas(grid)
-    painter(canvas, rng)
-    return canvas.labels()
+def _base_color(category: str, kind: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    if category == "environment":
+        options = ENV_COLORS[kind]
+        return options[int(rng.integers(len(options)))]
+    return vocab.BASE_COLORS[f"{category}/{kind}"]
 
 
-def _save(path: Path, rgba: np.ndarray) -> None:
-    Image.fromarray(rgba, "RGBA").save(path, format="PNG")
-
-
-def _jitter(base: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
-    """The painted hull colour: the base colour, a little lighter or darker per variant."""
-    f = rng.uniform(0.9, 1.1)
-    r, g, b = (min(255, round(v * f)) for v in base)
-    return (r, g, b)
-
-
-def _write_ships(images: Path, seed: int, size: int, variants: int) -> list[Entity]:
-    entities = []
-    for kind, painter in SHIPS.items():
-        base = vocab.BASE_COLORS[f"vehicle/{kind}"]
-        for v in range(variants):
-            rng = _sprite_rng(seed, "vehicle", kind, v)
-            colours = palette(_jitter(base, rng), ACCENTS[int(rng.integers(len(ACCENTS)))])
-            design = _design(painter, _grid_for(size), rng)
-            files = []
-            for d in range(8):
-                name = f"ship_{kind}_v{v}_{d}.png"
-                _save(images / name, render(finish(rotate_labels(design, d)), colours, size))
-                files.append(name)
-            entities.append(Entity(id=f"ship_{kind}_v{v}", category="vehicle", kind=kind, directions=8,
-                                   base_color=base, files=files))
-    return entities
-
-
-def _write_static(images: Path, category: str, painters: dict[str, Painter], seed: int, size: int,
-                  variants: int) -> list[Entity]:
+def _write_category(images: Path, category: str, painters: dict[str, Painter], seed: int, size: int,
+                    variants: int) -> list[Entity]:
+    """Paint and save every variant of every kind of a category; ships in 8 directions."""
+    directions = vocab.DIRECTIONS_BY_CATEGORY[category]
+    prefix = "ship" if category == "vehicle" else category
     entities = []
     for kind, painter in painters.items():
         for v in range(variants):
             rng = _sprite_rng(seed, category, kind, v)
-            if category == "environment":
-                options = ENV_COLORS[kind]
-                base = options[int(rng.integers(len(options)))]
-            else:
-                base = vocab.BASE_COLORS[f"{category}/{kind}"]
-            colours = palette(_jitter(base, rng), ACCENTS[int(rng.integers(len(ACCENTS)))])
-            labels = finish(_design(painter, _grid_for(size), rng), outline=kind not in NO_OUTLINE)
-            name = f"{category}_{kind}_v{v}.png"
-            _save(images / name, render(labels, colours, size))
-            entities.append(Entity(id=f"{category}_{kind}_v{v}", category=category, kind=kind,
-                                   directions=1, base_color=base, files=[name]))
+            base = _base_color(category, kind, rng)
+            # The painted hull: the base colour a little lighter or darker per variant.
+            shade = rng.uniform(0.9, 1.1)
+            r, g, b = (min(255, round(c * shade)) for c in base)
+            colours = palette((r, g, b), ACCENTS[int(rng.integers(len(ACCENTS)))])
+            canvas = Canvas(_grid_for(size))
+            painter(canvas, rng)
+            files = []
+            for d in range(directions):
+                name = f"{prefix}_{kind}_v{v}" + (f"_{d}.png" if directions > 1 else ".png")
+                labels = finish(rotate_labels(canvas.labels(), d), outline=kind not in NO_OUTLINE)
+                Image.fromarray(render(labels, colours, size), "RGBA").save(images / name, format="PNG")
+                files.append(name)
+            entities.append(Entity(id=f"{prefix}_{kind}_v{v}", category=category, kind=kind,
+                                   directions=directions, base_color=base, files=files))
     return entities
 
 
@@ -487,9 +467,8 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / IMAGES_DIR).mkdir()
-        entities = _write_ships(tmp / IMAGES_DIR, seed, size, variants)
-        entities += _write_static(tmp / IMAGES_DIR, "projectile", PROJECTILES, seed, size, variants)
-        entities += _write_static(tmp / IMAGES_DIR, "environment", ENVIRONMENT, seed, size, variants)
+        entities = [entity for category, painters in PAINTERS.items()
+                    for entity in _write_category(tmp / IMAGES_DIR, category, painters, seed, size, variants)]
         write_metadata(tmp, Metadata(version="1.0", style="pixel_art_16bit", entities=entities))
         write_captions(tmp)
         validate_dataset(tmp, size=size)  # a bug here must never reach a training run

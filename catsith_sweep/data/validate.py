@@ -25,7 +25,14 @@ from PIL import Image
 
 from catsith_sweep.data import vocab
 from catsith_sweep.data.captions import caption_path
-from catsith_sweep.data.metadata import IMAGES_DIR, METADATA_NAME, Metadata, load_metadata
+from catsith_sweep.data.metadata import (
+    IMAGES_DIR,
+    METADATA_NAME,
+    Metadata,
+    parse_metadata,
+    raw_listing,
+    read_metadata_json,
+)
 from catsith_sweep.errors import DatasetError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +51,8 @@ class DatasetReport:
 
     def __str__(self) -> str:
         per = ", ".join(f"{cat} {n}" for cat, n in self.categories.items())
-        return (f"{self.images} images, {self.entities} entities, {self.size}x{self.size}"
+        return (f"{self.images} image{'s' * (self.images != 1)}, {self.entities} "
+                f"entit{'ies' if self.entities != 1 else 'y'}, {self.size}x{self.size}"
                 + (f" ({per})" if per else ""))
 
 
@@ -138,13 +146,13 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str | None]:
 
 def _check_file(root: Path, name: str) -> tuple[np.ndarray | None, str | None, list[str]]:
     """Decode one listed image and read its caption, collecting every problem of both."""
-    images = (root / IMAGES_DIR).resolve()
+    inside = root.resolve()
     path = root / IMAGES_DIR / name
     problems: list[str] = []
     pixels = None
     if not path.is_file():
         problems.append(f"images/{name}: missing (listed in {METADATA_NAME})")
-    elif not path.resolve().is_relative_to(images):
+    elif not path.resolve().is_relative_to(inside):
         problems.append(f"images/{name}: resolves to {path.resolve()}, which leaves the dataset folder")
     else:
         pixels, why = _decode(path)
@@ -166,7 +174,10 @@ def _check_file(root: Path, name: str) -> tuple[np.ndarray | None, str | None, l
 
 
 def _size_problems(sprites: list[tuple[str, np.ndarray]], size: int | None) -> tuple[int, list[str]]:
-    """Every image square and of one size; returns the expected size and the problems."""
+    """Every image square and of one size; returns the expected size and the problems.
+
+    Images that share one wrong size are reported on one line (a whole 64 px set checked against 32
+    would otherwise print a line per image)."""
     if size is not None and size < 1:
         return size, [f"size {size}: expected a positive sprite size"]
     if size is None:
@@ -174,13 +185,19 @@ def _size_problems(sprites: list[tuple[str, np.ndarray]], size: int | None) -> t
         source = f"the first image's width, images/{sprites[0][0]}" if sprites else ""
     else:
         source = "the requested size"
-    problems = []
+    wrong: dict[tuple[int, int], list[str]] = {}
     for name, pixels in sprites:
         h, w = pixels.shape[:2]
+        if (w, h) != (size, size):
+            wrong.setdefault((w, h), []).append(f"images/{name}")
+    problems = []
+    for (w, h), names in wrong.items():
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        subject = listed if len(names) == 1 else f"{len(names)} images ({listed})"
         if w != h:
-            problems.append(f"images/{name}: {w}x{h} is not square; expected {size}x{size}")
-        elif w != size:
-            problems.append(f"images/{name}: {w}x{h}; expected {size}x{size} ({source})")
+            problems.append(f"{subject}: {w}x{h} is not square; expected {size}x{size}")
+        else:
+            problems.append(f"{subject}: {w}x{h}; expected {size}x{size} ({source})")
     return size, problems
 
 
@@ -196,38 +213,50 @@ def _extra_files(root: Path, listed: set[str]) -> list[str]:
     return extra
 
 
+def _read(root: Path) -> tuple[Metadata | None, list[tuple[int, int, str]] | None, list[str]]:
+    """(metadata, file listing, problems). When metadata.json fails the schema, the listing is still
+    read from its JSON as far as it goes, so missing, extra and broken files are reported alongside."""
+    try:
+        data = read_metadata_json(root)
+    except DatasetError as exc:
+        return None, None, exc.problems
+    try:
+        meta = parse_metadata(data)
+    except DatasetError as exc:
+        return None, raw_listing(data), exc.problems
+    listing = [(e, j, name) for e, ent in enumerate(meta.entities) for j, name in enumerate(ent.files)]
+    return meta, listing, entity_problems(meta)
+
+
 def inspect_dataset(root: Path, size: int | None = None) -> CheckedDataset:
     """Validate and decode a dataset; DatasetError lists every problem found."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected a dataset in the guide's layout")
-    problems: list[str] = []
-    meta = None
-    try:
-        meta = load_metadata(root)
-    except DatasetError as exc:
-        problems += exc.problems
+    meta, listing, problems = _read(root)
     if not (root / IMAGES_DIR).is_dir():
         problems.append(f"{IMAGES_DIR}/: missing folder in {root}")
-    if meta is None:
-        raise DatasetError(problems, title=f"dataset {root}: {len(problems)} problem(s)")
-    problems += entity_problems(meta)
     sprites: list[Sprite] = []
+    decoded: list[tuple[str, np.ndarray]] = []
     listed: set[str] = set()
-    for e, ent in enumerate(meta.entities):
-        for j, name in enumerate(ent.files):
-            if name_problem(name) or name in listed:
-                continue  # already reported by entity_problems
-            listed.add(name)
-            pixels, caption, file_problems = _check_file(root, name)
-            problems += file_problems
-            if pixels is not None and caption is not None:
+    for e, j, name in listing or []:
+        why = name_problem(name)
+        if why or name in listed:
+            if why and meta is None:  # with valid metadata, entity_problems has reported it
+                problems.append(f"{METADATA_NAME}: entities[{e}].files[{j}]: {name!r}: {why}")
+            continue
+        listed.add(name)
+        pixels, caption, file_problems = _check_file(root, name)
+        problems += file_problems
+        if pixels is not None:
+            decoded.append((name, pixels))
+            if caption is not None:
                 sprites.append(Sprite(e, j, name, pixels, caption))
-    size, more = _size_problems([(s.name, s.pixels) for s in sprites], size)
+    size, more = _size_problems(decoded, size)
     problems += more
-    if (root / IMAGES_DIR).is_dir():
+    if listing is not None and (root / IMAGES_DIR).is_dir():
         problems += _extra_files(root, listed)
-    if problems:
+    if problems or meta is None:
         raise DatasetError(problems, title=f"dataset {root}: {len(problems)} problem(s)")
     categories = Counter(ent.category for ent in meta.entities)
     report = DatasetReport(root, len(sprites), len(meta.entities), size,

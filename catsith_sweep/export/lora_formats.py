@@ -213,18 +213,24 @@ def kohya_name(name: str) -> str:
 
 
 def save_peft_safetensors(
-    layers: Sequence[LoraLayer], path: str | os.PathLike[str], *, config: Mapping[str, Any] | str | None = None
+    layers: Sequence[LoraLayer],
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any] | str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write PEFT/diffusers-named safetensors with alpha/rank folded into lora_B (see module docstring).
 
-    `config` (the resolved experiment config, a mapping or JSON text) is stored in the header.
+    `config` (the resolved experiment config: a mapping, stored as JSON, or text such as YAML) and any
+    `metadata` entries (strings as they are, other values as JSON) go into the header as
+    `catsith_sweep.<key>`.
     """
     _check_names(layers)
     tensors: dict[str, torch.Tensor] = {}
     for layer in layers:
         tensors[f"{layer.name}.lora_A.weight"] = layer.down.clone()
         tensors[f"{layer.name}.lora_B.weight"] = layer.up * (layer.alpha / layer.rank)
-    meta = _header(layers, PEFT_FORMAT, config)
+    meta = _header(layers, PEFT_FORMAT, config, metadata)
     meta[_META + "alpha_folded"] = "true"
     meta[_META + "alphas"] = json.dumps({layer.name: layer.alpha for layer in layers})
     write_bytes_atomic(path, safetensors_save(tensors, metadata=meta))
@@ -232,9 +238,16 @@ def save_peft_safetensors(
 
 
 def save_kohya_safetensors(
-    layers: Sequence[LoraLayer], path: str | os.PathLike[str], *, config: Mapping[str, Any] | str | None = None
+    layers: Sequence[LoraLayer],
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any] | str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write kohya-named safetensors (`lora_down` / `lora_up` / `alpha` per layer), alpha unfolded."""
+    """Write kohya-named safetensors (`lora_down` / `lora_up` / `alpha` per layer), alpha unfolded.
+
+    `config` and `metadata` go into the header as in `save_peft_safetensors`.
+    """
     _check_names(layers)
     tensors: dict[str, torch.Tensor] = {}
     for layer in layers:
@@ -242,7 +255,7 @@ def save_kohya_safetensors(
         tensors[f"{key}.lora_down.weight"] = layer.down.clone()
         tensors[f"{key}.lora_up.weight"] = layer.up.clone()
         tensors[f"{key}.alpha"] = torch.tensor(layer.alpha, dtype=torch.float32)
-    write_bytes_atomic(path, safetensors_save(tensors, metadata=_header(layers, KOHYA_FORMAT, config)))
+    write_bytes_atomic(path, safetensors_save(tensors, metadata=_header(layers, KOHYA_FORMAT, config, metadata)))
     return Path(path)
 
 
@@ -258,9 +271,17 @@ def _check_names(layers: Sequence[LoraLayer]) -> None:
             raise LoraFormatError(f"{layer.name}: layer names must start with unet. or text_encoder.")
 
 
-def _header(layers: Sequence[LoraLayer], fmt: str, config: Mapping[str, Any] | str | None) -> dict[str, str]:
+def _header(
+    layers: Sequence[LoraLayer],
+    fmt: str,
+    config: Mapping[str, Any] | str | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, str]:
     """The string-only safetensors header: torch's "format" marker plus our own keys."""
-    meta = {"format": "pt", _META + "format": fmt}
+    meta = {"format": "pt"}
+    for key, value in (extra or {}).items():
+        meta[_META + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    meta[_META + "format"] = fmt  # set after `extra`: callers cannot overwrite what readers rely on
     meta[_META + "rank"] = _uniform_or_json({layer.rank for layer in layers})
     meta[_META + "alpha"] = _uniform_or_json({layer.alpha for layer in layers})
     if config is not None:
@@ -349,9 +370,14 @@ def load_lora_file(path: str | os.PathLike[str], *, module_names: Iterable[str] 
     for layer_name, got in parts.items():
         if "down" not in got or "up" not in got:
             raise LoraFormatError(f"{p}: layer {layer_name} lacks its {'up' if 'down' in got else 'down'} weight")
+        if lookup and layer_name.startswith("lora_") and layer_name not in lookup:
+            raise LoraFormatError(f"{p}: kohya layer {layer_name} matches none of the module names given")
         rank = int(got["down"].shape[0])
-        up, alpha = got["up"], _alpha_for(layer_name, got, header, rank)
-        if header.get(_META + "alpha_folded") == "true":
+        try:
+            up, alpha = got["up"], _alpha_for(layer_name, got, header, rank)
+        except ValueError as exc:  # a malformed JSON header entry
+            raise LoraFormatError(f"{p}: unreadable alpha metadata ({exc})") from exc
+        if header.get(_META + "alpha_folded") == "true" and alpha != 0:
             up = up / (alpha / rank)  # undo the fold of save_peft_safetensors
         layers.append(LoraLayer(lookup.get(layer_name, layer_name), got["down"], up, alpha))
     if not layers:

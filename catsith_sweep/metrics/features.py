@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, cast
 
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
 from catsith_sweep.errors import UserInputError
+from catsith_sweep.models.sprite_net import SpriteFeatureExtractor, SpriteNet
 
-if TYPE_CHECKING:
-    from catsith_sweep.models.sprite_net import SpriteNet
-
-BACKENDS: tuple[str, ...] = ("sprite", "inception")
+FeatureBackend = Literal["sprite", "inception"]
+BACKENDS: tuple[FeatureBackend, ...] = ("sprite", "inception")
 
 # The files torch-fidelity and torchvision would download into `torch.hub.get_dir()/checkpoints/`.
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -39,14 +43,14 @@ _INSTALL_HINT = (
 )
 
 
-def check_backend(backend: str) -> str:
+def check_backend(backend: str) -> FeatureBackend:
     """Return `backend` when it is a known feature extractor, else raise UserInputError."""
     if backend not in BACKENDS:
         raise UserInputError(f"unknown feature extractor {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return backend
+    return cast(FeatureBackend, backend)
 
 
-def metric_prefix(backend: str) -> str:
+def backend_prefix(backend: str) -> str:
     """Prefix of the metric names of a backend: "sprite_" for sprite-net metrics, none for official."""
     return "sprite_" if check_backend(backend) == "sprite" else ""
 
@@ -127,3 +131,64 @@ def sprite_lpips(net: SpriteNet, a: torch.Tensor, b: torch.Tensor, *, batch_size
         )
         out.append(torch.as_tensor(dist).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def _require_net(net: SpriteNet | None) -> SpriteNet:
+    if net is None:
+        raise ValueError("the sprite feature extractor needs the dataset's sprite net (net=...)")
+    return net
+
+
+def make_fid(backend: FeatureBackend, net: SpriteNet | None) -> FrechetInceptionDistance:
+    """torchmetrics FID for `backend`, fed float RGB in [0, 1] (`normalize=True`).
+
+    sprite: the sprite net's standardised embedding as the custom feature module (it reports
+    `num_features`, so torchmetrics does not probe it with a dummy image). inception: the official
+    2048-feature Inception-v3, its weights read from the hub cache checked by
+    `require_official_metrics`.
+    """
+    if backend == "sprite":
+        sprite = _require_net(net)
+        size = sprite.config.image_size
+        return FrechetInceptionDistance(
+            feature=SpriteFeatureExtractor(sprite), normalize=True, input_img_size=(3, size, size)
+        )
+    weights = require_official_metrics()
+    return FrechetInceptionDistance(
+        feature=2048, normalize=True, feature_extractor_weights_path=str(weights.inception)
+    )
+
+
+def make_kid(
+    backend: FeatureBackend, net: SpriteNet | None, *, subset_size: int, subsets: int
+) -> KernelInceptionDistance:
+    """torchmetrics KID for `backend` (see `make_fid`); `subset_size` must not exceed either set.
+
+    For inception, torchmetrics gives KID no weights path: torch-fidelity then finds the file in the
+    hub cache that `require_official_metrics` checked, so it does not download.
+    """
+    feature: int | SpriteFeatureExtractor = 2048
+    if backend == "sprite":
+        feature = SpriteFeatureExtractor(_require_net(net))
+    else:
+        require_official_metrics()
+    with warnings.catch_warnings():
+        # KID warns on every construction that it buffers all features: a few hundred sprites here.
+        warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+        return KernelInceptionDistance(feature=feature, subset_size=subset_size, subsets=subsets, normalize=True)
+
+
+@lru_cache(maxsize=1)
+def _official_lpips() -> LearnedPerceptualImagePatchSimilarity:
+    # Built once per process: AlexNet loads from disk each time it is constructed.
+    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True, reduction="none")
+
+
+@torch.no_grad()
+def inception_lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Official AlexNet LPIPS of each pair of RGB images in [0, 1], shape (N,)."""
+    require_official_metrics()
+    metric = _official_lpips()
+    metric.reset()
+    metric.update(a.float(), b.float())
+    return metric.compute().reshape(-1).float().cpu()

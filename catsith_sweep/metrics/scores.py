@@ -9,6 +9,7 @@ across datasets (each dataset trains its own sprite net).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -21,12 +22,13 @@ from catsith_sweep.metrics.features import (
     make_kid,
     sprite_lpips,
 )
-from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba
+from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, upscale_nearest
 from catsith_sweep.models.sprite_net import SpriteNet, classify
 
-# KID's default subset size; capped by the sample counts (torchmetrics refuses a larger one). With
-# the whole set as one subset KID is still unbiased, only its std over subsets becomes 0.
-DEFAULT_KID_SUBSET_SIZE = 50
+# KID's subset size (torchmetrics' default), capped by the sample counts (torchmetrics refuses a larger
+# one). Sprite sets are small, so usually every subset is the whole set: KID is then still unbiased and
+# deterministic, and its std over subsets 0. Smaller subsets only add noise (measured: +-0.08 at 50).
+DEFAULT_KID_SUBSET_SIZE = 1000
 
 
 def _check_images(name: str, images: torch.Tensor) -> None:
@@ -47,6 +49,7 @@ def compute_image_metrics(
     *,
     backend: FeatureBackend = "sprite",
     net: SpriteNet | None = None,
+    real_index: Sequence[int] | torch.Tensor | None = None,
     kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
     kid_subsets: int = 50,
     seed: int = 0,
@@ -55,10 +58,14 @@ def compute_image_metrics(
     """FID, KID (mean and std over subsets) and LPIPS of `fake` against `real`.
 
     Images are (N, 4, H, W) RGBA or (N, 3, H, W) RGB, float in [0, 1]; RGBA is composited on the
-    background (the sprite net's, black by default). The sets may differ in size. LPIPS is a paired
-    distance: it pairs real[i] with fake[i] for the first min(N_real, N_fake) images, so pass
-    reconstructions in the order of their targets. `seed` fixes KID's random subsets. `net` is
-    required for the `sprite` backend; `inception` raises UserInputError when unavailable.
+    background (the sprite net's, black by default). The sets may differ in size and resolution.
+    `net` is required for the `sprite` backend (and names the metrics `sprite_*`); `inception` raises
+    UserInputError when its packages or weights are unavailable. `seed` fixes KID's random subsets.
+
+    LPIPS is a paired distance; the pairing: with `real_index`, fake[i] is compared with
+    real[real_index[i]] (pass the dataset indices whose captions the fakes were generated from, or
+    `range(N)` for reconstructions); without it, each fake is compared with its nearest real image in
+    pixel space, i.e. "how far is each sample from the closest training sprite".
     """
     backend = check_backend(backend)
     _check_images("real", real)
@@ -75,15 +82,39 @@ def compute_image_metrics(
         # KID draws its subsets from the global generator; fork so the caller's stream is untouched.
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    pairs = min(real_rgb.shape[0], fake_rgb.shape[0])
-    lpips = _paired_lpips(backend, net, real_rgb[:pairs], fake_rgb[:pairs], batch_size)
+    paired_real, paired_fake = lpips_pairs(real_rgb, fake_rgb, real_index)
+    lpips = _paired_lpips(backend, net, paired_real, paired_fake, batch_size)
     prefix = backend_prefix(backend)
     return {
-        f"{prefix}fid": float(fid.compute()),
+        # The Frechet distance is >= 0; the matrix square root can leave -1e-6 on identical sets.
+        f"{prefix}fid": max(0.0, float(fid.compute())),
         f"{prefix}kid": float(kid_mean),
         f"{prefix}kid_std": float(kid_std),
         f"{prefix}lpips": lpips,
     }
+
+
+def lpips_pairs(
+    real: torch.Tensor, fake: torch.Tensor, real_index: Sequence[int] | torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real partner of each fake, fake), both RGB at one common size (nearest resize).
+
+    With `real_index`, fake[i]'s partner is real[real_index[i]]; without, its nearest real image by
+    squared pixel distance (ties: the lower index).
+    """
+    side = max(real.shape[-1], real.shape[-2], fake.shape[-1], fake.shape[-2])
+    real, fake = upscale_nearest(real, side), upscale_nearest(fake, side)
+    if real_index is not None:
+        index = torch.as_tensor(real_index, dtype=torch.long).cpu()
+        if index.shape != (fake.shape[0],):
+            raise ValueError(f"real_index must hold one index per fake ({fake.shape[0]}), got {tuple(index.shape)}")
+        return real[index.to(real.device)], fake
+    flat_real = real.flatten(start_dim=1)
+    nearest = torch.cat([
+        torch.cdist(chunk.flatten(start_dim=1).to(flat_real), flat_real).argmin(dim=1)
+        for chunk in _batches(fake, 64)
+    ])
+    return real[nearest], fake
 
 
 def _paired_lpips(

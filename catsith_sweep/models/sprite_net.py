@@ -36,7 +36,7 @@ from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_
 
 FORMAT_NAME = "catsith-sprite-net"
 # Bump when the architecture or training recipe changes: cached nets of another recipe are retrained.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # Optimizer steps of the default recipe: enough for high held-out accuracy on synth sprites on a CPU.
 DEFAULT_STEPS = 300
 WEIGHTS_FILE = "model.safetensors"
@@ -163,8 +163,13 @@ class SpriteFeatureExtractor(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, num_features) float32 features, on the device of `images`.
+
+        Returned where the images came from (not where the net runs), because the metric keeps its
+        running sums on the device it was given the images on.
+        """
         with torch.no_grad():
-            return self.net.features(self.net.prepare(images)).float()
+            return self.net.features(self.net.prepare(images)).float().to(images.device)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -229,9 +234,24 @@ def train_sprite_net(
         "kind": kinds.long(),
         "direction": directions.long(),
     }
+    started = time.perf_counter()
+    _fit(net, x_all, labels_all, steps=steps, batch_size=batch_size, lr=lr, gen=gen)
+    net.eval()
+    _fit_feature_standardisation(net, x_all)
+    acc = _accuracies(classify(net, images), labels_all)
+    training = {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **acc}
+    net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
+    return net
+
+
+# Gradients on even when the caller is inside torch.no_grad() (an evaluation that trains on first use).
+@torch.enable_grad()
+def _fit(net: SpriteNet, x_all: torch.Tensor, labels_all: dict[str, torch.Tensor], *, steps: int,
+         batch_size: int, lr: float, gen: torch.Generator) -> None:
+    """Adam with cosine decay on augmented random batches of the prepared sprites (kept on the CPU)."""
+    device = next(net.parameters()).device
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    started = time.perf_counter()
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, x_all.shape[0], (min(batch_size, x_all.shape[0]),), generator=gen)
@@ -241,12 +261,6 @@ def train_sprite_net(
         loss.backward()
         opt.step()
         sched.step()
-    net.eval()
-    _fit_feature_standardisation(net, x_all)
-    acc = _accuracies(classify(net, images), labels_all)
-    training = {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **acc}
-    net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
-    return net
 
 
 @torch.no_grad()

@@ -119,7 +119,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     from catsith_sweep.trainers import prepare
 
     exp = loaded.experiment
-    uri = tracking_uri or exp.tracking_uri
+    uri = tracking.normalize_uri(tracking_uri or exp.tracking_uri)
     runs_dir = (runs_root / exp.name).resolve()
     fingerprint = config_fingerprint(loaded)
     sweep_dir = find_resumable(runs_dir, fingerprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,19 @@ def trial_rows(uri: str, experiment_id: str, parent_run_id: str, metrics: list[s
     return rows
 
 
+def ray_only_failures(results: Any, known: set[str]) -> list[dict[str, Any]]:
+    """Trials that errored before they could open an MLflow run (they still count as failed)."""
+    rows = []
+    for result in results:
+        match = re.search(r"trial_main_([0-9a-f]+)_", str(result.path))
+        trial_id = (result.metrics or {}).get("trial_id") or (match.group(1) if match else str(result.path))
+        if result.error is not None and trial_id not in known:
+            rows.append({"trial": trial_id, "run_id": "", "outcome": "failed", "status": "FAILED",
+                         "params": {k: str(v) for k, v in (result.config or {}).items()},
+                         "error": str(result.error).strip().splitlines()[-1][:300]})
+    return rows
+
+
 def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
     """Finished trials with a finite metric, best first (failed or stopped trials never rank)."""
     usable = [r for r in rows if r["outcome"] == "finished" and isinstance(r.get(metric), float)
@@ -87,6 +101,7 @@ def finish_parent_run(uri: str, experiment_id: str, parent_run_id: str, loaded: 
     exp = loaded.experiment
     metric, mode = exp.search.metrics()[0], exp.search.modes()[0]
     rows = trial_rows(uri, experiment_id, parent_run_id, exp.search.metrics())
+    rows += ray_only_failures(results, {r["trial"] for r in rows})
     ranked = rank(rows, metric, mode)
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("finished", "stopped early", "failed")}
     c = tracking.client(uri)

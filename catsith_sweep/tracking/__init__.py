@@ -23,6 +23,16 @@ TAG_FINISHED = "catsith.trial_finished"
 PARENT_TAG = "mlflow.parentRunId"
 
 
+def normalize_uri(uri: str) -> str:
+    """Make a relative sqlite path absolute: Ray trials run in other working directories."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        from pathlib import Path
+
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def client(uri: str) -> Any:
     import mlflow
     from mlflow import MlflowClient

@@ -36,7 +36,7 @@ class LoraTrainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from peft import LoraConfig
+        from peft import LoraConfig, inject_adapter_in_model
 
         train = self.exp.train
         torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
@@ -52,9 +52,10 @@ class LoraTrainer:
             r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
             target_modules=list(self.cfg.target_modules), init_lora_weights="gaussian"))
         if self.cfg.train_text_encoder:
-            self.parts.text_encoder.add_adapter(LoraConfig(
+            # transformers 5's own add_adapter demands peft >= 0.22; inject directly, as diffusers does.
+            self.parts.text_encoder = inject_adapter_in_model(LoraConfig(
                 r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                target_modules=TEXT_TARGETS, init_lora_weights="gaussian"))
+                target_modules=TEXT_TARGETS, init_lora_weights="gaussian"), self.parts.text_encoder)
         if train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         self.params = [p for m in (self.parts.unet, self.parts.text_encoder) for p in m.parameters()

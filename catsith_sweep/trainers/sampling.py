@@ -48,7 +48,8 @@ def metric_subset(dataset: Any, count: int) -> list[int]:
 def sprite_net(dataset: Any, experiment: Experiment) -> Any:
     from catsith_sweep.models.sprite_net import sprite_net_for_dataset
 
-    return sprite_net_for_dataset(dataset.root, experiment.model.cache_dir or default_cache_dir())
+    with torch.enable_grad():  # trained on first use; callers may be inside no_grad
+        return sprite_net_for_dataset(dataset.root, experiment.model.cache_dir or default_cache_dir())
 
 
 def save_samples_tensors(path: Path, images: torch.Tensor, reference: torch.Tensor | None,
