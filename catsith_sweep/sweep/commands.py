@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.print(f"[yellow]{outcome.counts['failed']} trial(s) failed[/yellow]: see the leaderboard and their "
                   "MLflow runs (tag catsith.error, artifact error.txt)")
     if outcome.best:
-        out.print(f"best trial {outcome.best['trial']}: {escape(str({k: v for k, v in outcome.best.items() if k != 'params'}))}")
+        shown = {k: v for k, v in outcome.best.items() if k != "params"}
+        out.print(f"best trial {outcome.best['trial']}: {escape(str(shown))}")
         out.print(f"  params: {escape(str(outcome.best['params']))}")
     out.print(f"leaderboard: {outcome.sweep_dir / 'leaderboard.md'}; browse: python -m catsith_sweep ui")
     return 0 if outcome.best else 1

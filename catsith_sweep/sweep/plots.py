@@ -73,8 +73,8 @@ def comparison_grid(uri: str, ranked: list[dict[str, Any]], out_dir: Path) -> li
     if not ranked:
         return []
     from mlflow.artifacts import download_artifacts
-    from safetensors.torch import load_file
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     from catsith_sweep.metrics.images import make_grid_png, save_png_atomic
 

@@ -8,8 +8,8 @@ one line here (and its config section in `catsith_sweep.config.schema`).
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
