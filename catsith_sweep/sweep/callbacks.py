@@ -3,6 +3,7 @@ status only the driver knows (finished, stopped early by the scheduler, failed).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -13,7 +14,8 @@ from rich.table import Table
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 from catsith_sweep.tracking import TAG_EARLY, TAG_FINISHED, find_trial_run
 
-console = Console(highlight=False)
+# A log file gets wide, plain tables; a terminal gets its own width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 class TrialOutcomes(Callback):
@@ -57,12 +59,19 @@ class TrialOutcomes(Callback):
 class ProgressTable(Callback):
     """A trial table printed every `every` seconds and at the end: readable live and in a log file."""
 
-    def __init__(self, outcomes: TrialOutcomes, metric: str, param_keys: list[str], every: float = 20.0) -> None:
-        self.outcomes, self.metric, self.param_keys, self.every = outcomes, metric, param_keys, every
+    def __init__(self, outcomes: TrialOutcomes, metric: str, param_keys: list[str], every: float = 15.0,
+                 quiet_every: float = 120.0) -> None:
+        self.outcomes, self.metric, self.param_keys = outcomes, metric, param_keys
+        self.every, self.quiet_every = every, quiet_every
         self._last_print = 0.0
+        self._last_state: Any = None
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._last_print >= self.every:
+        # Print when something changed (at most every `every` s), or as a heartbeat.
+        state = [(t.trial_id, t.status, self.outcomes.last.get(t.trial_id, {}).get(STEP)) for t in trials]
+        elapsed = time.monotonic() - self._last_print
+        if (state != self._last_state and elapsed >= self.every) or elapsed >= self.quiet_every:
+            self._last_state = state
             self.print_table(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

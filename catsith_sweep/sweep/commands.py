@@ -68,6 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(loaded, address=args.address, tracking_uri=uri, resume=args.resume,
                         runs_root=Path(args.runs_dir), log=lambda m: out.print(escape(str(m))))
+    if outcome.interrupted:
+        out.print(f"[yellow]sweep {outcome.sweep_dir.name} interrupted[/yellow]: finished trials are kept; "
+                  f"continue it with: python -m catsith_sweep run {args.experiment} --resume")
+        return 130
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     out.print(f"sweep {outcome.sweep_dir.name} done: {counts}")
     if outcome.counts.get("failed"):

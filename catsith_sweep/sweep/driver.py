@@ -30,6 +30,7 @@ class SweepOutcome:
     parent_run_id: str
     best: dict[str, Any] | None
     counts: dict[str, int]
+    interrupted: bool = False
 
 
 def git_commit() -> str:
@@ -156,6 +157,10 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     else:
         tuner, outcomes = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
+        # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
+        write_state(sweep_dir, status="interrupted")
+        return SweepOutcome(sweep_dir, parent_run_id, None, {}, interrupted=True)
     from catsith_sweep.sweep.summary import finish_parent_run
 
     best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)

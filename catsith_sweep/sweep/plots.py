@@ -51,15 +51,15 @@ def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    plots = [("optimization_history.png", ovm.plot_optimization_history)]
+    plots: list[tuple[str, Any]] = [("optimization_history.png", ovm.plot_optimization_history)]
     if len(complete) >= 2 and len(loaded.space) >= 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))
     for name, plot in plots:
         try:
-            axes = plot(study)
+            axes: Any = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # e.g. importances when every finished trial got the same params
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure: Any = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
         figure.savefig(out_dir / name, dpi=110)

@@ -34,14 +34,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        study: Any = self._ot_study
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [result.get(m) for m in metrics] if result else []
         if error or not result or result.get(FAILED) or not all(_finite(v) for v in values):
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            study.tell(ot_trial, state=TrialState.FAIL)
         elif not result.get(FINISHED):
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)
         else:
-            self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
+            study.tell(ot_trial, values if len(values) > 1 else values[0])
         self._completed_trials.add(trial_id)
 
 

@@ -35,8 +35,7 @@ def save_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
         "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "numpy_rng": torch.from_numpy(np.frombuffer(json.dumps(
-            _numpy_state_to_json(np.random.get_state())).encode(), dtype=np.uint8).copy()),
+        "numpy_rng": _numpy_state_tensor(),
     }
     torch.save(state_blob, directory / STATE_FILE)
     meta = {"step": step, **(extra or {})}
@@ -62,6 +61,13 @@ def load_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
     torch.set_rng_state(blob["torch_rng"])
     np.random.set_state(_numpy_state_from_json(json.loads(bytes(blob["numpy_rng"].numpy()).decode())))
     return json.loads((directory / META_FILE).read_text())
+
+
+def _numpy_state_tensor() -> torch.Tensor:
+    """numpy's RNG state as bytes of JSON in a tensor, so `weights_only` loading can read it."""
+    state: Any = np.random.get_state(legacy=True)
+    text = json.dumps(_numpy_state_to_json(state))
+    return torch.from_numpy(np.frombuffer(text.encode(), dtype=np.uint8).copy())
 
 
 def _numpy_state_to_json(state: tuple) -> list:

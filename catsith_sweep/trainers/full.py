@@ -111,7 +111,7 @@ class FullTrainer:
                                            self.exp.train.max_grad_norm)
         self.opt.step()
         self.sched.step()
-        return {"loss": loss.item(), "lr": self.sched.get_last_lr()[0]}
+        return {"loss": loss.item(), "lr": float(self.sched.get_last_lr()[0])}
 
     def train(self, steps: int, log: Any) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -36,7 +36,7 @@ class LoraTrainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         train = self.exp.train
         torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
@@ -48,14 +48,11 @@ class LoraTrainer:
         self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
         for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
             module.requires_grad_(False).to(self.device)
-        self.parts.unet.add_adapter(LoraConfig(
-            r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-            target_modules=list(self.cfg.target_modules), init_lora_weights="gaussian"))
+        self.parts.unet.add_adapter(self._lora_config(list(self.cfg.target_modules)))
         if self.cfg.train_text_encoder:
             # transformers 5's own add_adapter demands peft >= 0.22; inject directly, as diffusers does.
-            self.parts.text_encoder = inject_adapter_in_model(LoraConfig(
-                r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                target_modules=TEXT_TARGETS, init_lora_weights="gaussian"), self.parts.text_encoder)
+            self.parts.text_encoder = inject_adapter_in_model(self._lora_config(TEXT_TARGETS),
+                                                              self.parts.text_encoder)
         if train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         self.params = [p for m in (self.parts.unet, self.parts.text_encoder) for p in m.parameters()
@@ -66,6 +63,13 @@ class LoraTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self._can_cache() else None
+
+    def _lora_config(self, targets: list[str]) -> Any:
+        from peft import LoraConfig
+
+        alpha: Any = self.cfg.alpha  # peft types it int but uses alpha / rank as a float
+        return LoraConfig(r=self.cfg.rank, lora_alpha=alpha, lora_dropout=self.cfg.dropout,
+                          target_modules=targets, init_lora_weights="gaussian")
 
     def _can_cache(self) -> bool:
         return (self.exp.data.cache_latents and not self.dataset.has_augment
@@ -144,7 +148,7 @@ class LoraTrainer:
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
             self.step += 1
-            metrics = {"loss": total, "lr": self.sched.get_last_lr()[0]}
+            metrics = {"loss": total, "lr": float(self.sched.get_last_lr()[0])}
             log(self.step, metrics)
         return metrics
 
