@@ -81,6 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         shown = {k: v for k, v in outcome.best.items() if k != "params"}
         out.print(f"best trial {outcome.best['trial']}: {escape(str(shown))}")
         out.print(f"  params: {escape(str(outcome.best['params']))}")
+        metric = loaded.experiment.search.metrics()[0]
+        if outcome.baseline and metric in outcome.baseline:
+            out.print(f"  {metric}: best {outcome.best[metric]:.4g} vs {outcome.baseline[metric]:.4g} before training")
     out.print(f"leaderboard: {outcome.sweep_dir / 'leaderboard.md'}; browse: python -m catsith_sweep ui")
     return 0 if outcome.best else 1
 

@@ -31,6 +31,7 @@ class SweepOutcome:
     best: dict[str, Any] | None
     counts: dict[str, int]
     interrupted: bool = False
+    baseline: dict[str, float] | None = None
 
 
 def git_commit() -> str:
@@ -142,6 +143,11 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
         write_state(sweep_dir, parent_run_id=parent_run_id, status="running", fingerprint=fingerprint,
                     experiment=str(loaded.path), tracking_uri=uri, experiment_id=experiment_id)
+        from catsith_sweep.sweep.summary import log_baseline
+
+        log("evaluating the starting point (no training) as the baseline")
+        baseline = log_baseline(uri, parent_run_id, loaded, sweep_dir / "baseline")
+        write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
     init_ray(address, trial_env())
     check_tracking_reaches_workers(uri, address)
     from catsith_sweep.sweep.trainable import SweepContext
@@ -165,4 +171,5 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
 
     best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)
     write_state(sweep_dir, status="finished", best=best, counts=counts)
-    return SweepOutcome(sweep_dir, parent_run_id, best, counts)
+    baseline = json.loads((sweep_dir / STATE_FILE).read_text()).get("baseline", {})
+    return SweepOutcome(sweep_dir, parent_run_id, best, counts, baseline=baseline)

@@ -142,3 +142,21 @@ def latest_parent_run(uri: str, experiment_name: str) -> tuple[str, Any]:
     if not runs:
         raise UserInputError(f"experiment `{experiment_name}` in {uri} has no sweep yet")
     return str(found.experiment_id), runs[0]
+
+
+def log_baseline(uri: str, parent_run_id: str, loaded: LoadedExperiment, workdir: Path) -> dict[str, float]:
+    """Evaluate the experiment's starting point with no training (for LoRA: the untuned base, since
+    a fresh adapter is a no-op) and log it on the parent run as `baseline_<metric>`, so the leaderboard
+    says whether tuning helped at all."""
+    from catsith_sweep.trainers import make_trainer
+
+    trainer = make_trainer(loaded.experiment, workdir)
+    trainer.setup()
+    evaluation = trainer.evaluate(workdir / "baseline")
+    c = tracking.client(uri)
+    for key, value in evaluation.metrics.items():
+        if isinstance(value, float) and math.isfinite(value):
+            c.log_metric(parent_run_id, f"baseline_{key}", value, step=0)
+    for key, path in evaluation.images.items():
+        c.log_artifact(parent_run_id, str(path), f"baseline/{key}")
+    return evaluation.metrics

@@ -20,10 +20,10 @@ from catsith_sweep.trainers.full import FullTrainer
 BUILTIN_BASE_CONFIG = {
     "name": "catsith-tiny-base",
     "trainer": "full",
-    "train": {"max_steps": 3200, "batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
+    "train": {"max_steps": 3000, "batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
               "lr_warmup_steps": 100, "num_threads": 2},
-    "full": {"vae_steps": 700},
-    "eval": {"every_n_steps": 800, "num_metric_samples": 48},
+    "full": {"vae_steps": 600},
+    "eval": {"every_n_steps": 750, "num_metric_samples": 48},
 }
 
 
