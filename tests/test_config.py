@@ -175,3 +175,11 @@ def test_schema_command_prints_json_schema(capsys: pytest.CaptureFixture[str]) -
     schema = json.loads(capsys.readouterr().out)
     assert "trainer" in schema["properties"]
     assert "LoRA rank" in json.dumps(schema)  # field docstrings become descriptions
+
+
+def test_base_build_yaml_is_the_builtin_recipe() -> None:
+    from catsith_sweep.trainers.base_build import builtin_base_experiment
+
+    shipped = load_experiment(ROOT / "experiments" / "base_build.yaml").experiment
+    assert shipped.model_dump(exclude={"description"}) == builtin_base_experiment().model_dump(
+        exclude={"description"})
