@@ -19,7 +19,6 @@ from catsith_sweep.errors import ModelSourceError
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_NAMES = ("catsith-tiny",)
-TOKENIZER_VOCAB = 800
 MAX_TOKENS = 32  # captions of the guide are ~20 BPE tokens; a short context keeps attention cheap
 
 # Architecture of catsith-tiny. Kept here (not in the experiment file) so a cached base always
@@ -75,14 +74,32 @@ def builtin_dir(name: str, cache_dir: Path | None) -> Path:
 
 
 def train_tokenizer(captions: list[str]) -> Any:
-    """A CLIP BPE tokenizer trained on `captions` (offline; BPE training is not deterministic across
-    runs, so a base trains it once and saves it with itself)."""
+    """A CLIP BPE tokenizer for `captions`, built offline and deterministically (the same captions give
+    the same ids, so a base build is reproducible from its seed; `tokenizers`' BPE trainer breaks ties
+    differently from run to run). Every caption word becomes one token: merges are added word by word,
+    in sorted order, each one joining the first two pieces left, until the word is whole; an added merge
+    ranks after all earlier ones, so it never splits a word finished before. The byte-level alphabet
+    keeps unseen words encodable."""
+    from tokenizers import models, pre_tokenizers
     from transformers import CLIPTokenizer
 
-    seed = CLIPTokenizer(model_max_length=MAX_TOKENS)
-    words = sorted({w for caption in captions for w in caption.replace(",", " , ").split()})
-    # Whole words as extra training lines make each vocabulary word one token.
-    return seed.train_new_from_iterator([*captions, *words] * 4, vocab_size=TOKENIZER_VOCAB)
+    backend = CLIPTokenizer(model_max_length=MAX_TOKENS).backend_tokenizer
+    words = sorted({piece for caption in captions for piece, _ in
+                    backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(caption))})
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate([*specials, *alphabet, *(c + "</w>" for c in alphabet)])}
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        while True:
+            bpe = models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                             unk_token=specials[1])
+            pieces = [token.value for token in bpe.tokenize(word)]
+            if len(pieces) < 2:
+                break
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
 
 
 def build_untrained(captions: list[str]) -> DiffusionParts:
@@ -132,7 +149,12 @@ def save_parts(parts: DiffusionParts, directory: Path) -> None:
 def load_parts(source: str | Path, *, revision: str | None = None, local_only: bool = False) -> DiffusionParts:
     """Load a diffusers folder, or a hub id (from the local HF cache only when `local_only`)."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    # Loading bars from every concurrent trial would drown the sweep's own progress table.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     is_folder = isinstance(source, Path) or Path(source).exists()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(

@@ -8,12 +8,19 @@ promotion interrupted between them is finished by running it again: the package 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from catsith_sweep import tracking
-from catsith_sweep.config.schema import Experiment, PromoteSection
-from catsith_sweep.promote.lora import PromoteSettings, TrialFiles, download_trial, resolve_settings, write_lora_package
+from catsith_sweep.config.schema import PromoteSection
+from catsith_sweep.promote.lora import (
+    PromoteSettings,
+    TrialFiles,
+    download_trial,
+    free_name,
+    resolve_settings,
+    write_lora_package,
+)
 from catsith_sweep.promote.model_registry import VersionResult, register_run, registry_client, version_tags
 from catsith_sweep.promote.select import Choice
 from catsith_sweep.registry import PackageResult
@@ -24,9 +31,9 @@ from catsith_sweep.registry.manifest import hash_hex
 class Flags:
     """Command-line choices that override the experiment's `promote` section."""
 
-    model_name: str | None = None
-    """Registered model name; default: the MLflow experiment name."""
     name: str | None = None
+    """Package name and registered model name; default: `promote.name` (package) and the MLflow
+    experiment name (registered model)."""
     registry: Path | None = None
     category: str | None = None
     file_section: PromoteSection | None = None
@@ -75,17 +82,15 @@ def _package_tags(choice: Choice, package: PackageResult) -> dict[str, str]:
 
 def promote_choice(uri: str, experiment_name: str, choice: Choice, flags: Flags) -> PromoteOutcome:
     """Package the chosen trial into the CatSith registry and register it as the champion."""
-
-    def settings_for(logged: Experiment) -> PromoteSettings:
-        return resolve_settings(logged, flags.file_section, registry=flags.registry, name=flags.name,
-                                category=flags.category)
-
     with tempfile.TemporaryDirectory(prefix="catsith_promote_") as tmp:
         files = download_trial(uri, choice.run_id, Path(tmp))
-        settings = settings_for(files.experiment)
+        settings = resolve_settings(files.experiment, flags.file_section, registry=flags.registry,
+                                    name=flags.name, category=flags.category)
+        name, renamed = free_name(settings.registry, settings.name, settings.category, files.layers)
+        settings = replace(settings, name=name)
         description, preview = _describe(files, settings, choice)
         package = write_lora_package(files, settings, description=description, preview_description=preview)
     tags = version_tags(choice.run.data.metrics, _package_tags(choice, package))
-    model_name = flags.model_name or experiment_name
-    version = register_run(registry_client(uri), model_name, choice.run, tags, description)
-    return PromoteOutcome(choice, settings, package, version, [*files.notes, *package.warnings])
+    version = register_run(registry_client(uri), flags.name or experiment_name, choice.run, tags, description)
+    notes = [*files.notes, *([renamed] if renamed else []), *package.warnings]
+    return PromoteOutcome(choice, settings, package, version, notes)

@@ -12,10 +12,16 @@ experiment) and `samples/samples.png` (the final sample grid). The package gets:
 
 Settings (name, category, tags, ...) come from the logged experiment's `promote` section, overlaid by
 the keys an experiment file sets explicitly, overlaid by command-line flags.
+
+Names: CatSith indexes its registry by name, so two packages with one name shadow each other and which
+one loads is left to directory order. When the chosen name is already used by a different LoRA (say the
+previous champion), the package is named `<name>-2`, `<name>-3`, ... (and says so): every promoted LoRA
+stays reachable, and the game keeps loading the one it names until it is pointed at the new one.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +33,16 @@ from pydantic import ValidationError
 from catsith_sweep.config.schema import Experiment, PromoteSection
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.export.lora_formats import LoraLayer, load_lora_file, save_peft_safetensors
-from catsith_sweep.registry import Category, PackageResult, write_package
+from catsith_sweep.registry import (
+    Category,
+    PackageResult,
+    encode_weights_bin,
+    list_packages,
+    package_hash,
+    write_package,
+)
+from catsith_sweep.registry.manifest import hash_hex
+from catsith_sweep.registry.package import _common_alpha  # the alpha fold write_package applies
 
 PEFT_FILE = "pytorch_lora_weights.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -114,6 +129,7 @@ class TrialFiles:
 
 def _download(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path | None:
     """One artifact (file or dir) of a run, or None when the run has no such artifact."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars for KiB files
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -132,7 +148,8 @@ def _logged_experiment(config: Path, run_id: str) -> Experiment:
         raw: Any = yaml.safe_load(config.read_text(encoding="utf-8"))
         return Experiment.model_validate(raw)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise UserInputError(f"run {run_id}: its logged {EXPORT_ARTIFACTS}/{CONFIG_FILE} is unreadable ({exc})") from exc
+        where = f"{EXPORT_ARTIFACTS}/{CONFIG_FILE}"
+        raise UserInputError(f"run {run_id}: its logged {where} is unreadable ({exc})") from exc
 
 
 def download_trial(uri: str, run_id: str, dst: Path) -> TrialFiles:
@@ -161,6 +178,27 @@ def download_trial(uri: str, run_id: str, dst: Path) -> TrialFiles:
     if preview is None:
         notes.append(f"the trial logged no {PREVIEW_ARTIFACT}: the package has no preview")
     return TrialFiles(experiment, layers, peft, preview, notes)
+
+
+def free_name(registry: Path, name: str, category: Category, layers: list[LoraLayer]) -> tuple[str, str | None]:
+    """`name`, or the first of `name-2`, `name-3`, ... that no other LoRA of the registry uses.
+
+    A candidate already used by a package holding this very LoRA (same package hash) is returned as is,
+    so promoting the same trial again finds its package. The second value says why the name changed.
+    """
+    hashes: dict[str, set[str]] = {}
+    for info in list_packages(registry):
+        if info.name is not None and info.hash_hex is not None:
+            hashes.setdefault(info.name, set()).add(info.hash_hex)
+    weights = encode_weights_bin(_common_alpha(layers)[1])
+    candidate, n = name, 1
+    while candidate in hashes and hash_hex(package_hash(candidate, category, weights)) not in hashes[candidate]:
+        n += 1
+        candidate = f"{name}-{n}"
+    if candidate == name:
+        return name, None
+    return candidate, (f"name {name!r} is used by another LoRA in {registry} (CatSith indexes LoRAs by name), so "
+                       f"this one is named {candidate!r}; pass --name to choose")
 
 
 def write_lora_package(

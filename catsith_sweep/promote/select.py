@@ -17,6 +17,7 @@ from catsith_sweep.errors import UserInputError
 from catsith_sweep.sweep.summary import latest_parent_run, rank, trial_rows
 
 TOP_SHOWN = 3
+_NOT_FINISHED = {"failed": "failed", "stopped early": "was stopped early by the scheduler"}
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ def named_trial(uri: str, experiment_name: str, run_id: str) -> Choice:
     row = next(r for r in rows if r["run_id"] == run_id)
     if row["outcome"] != "finished":
         error = run.data.tags.get(tracking.TAG_ERROR)
+        why = _NOT_FINISHED.get(row["outcome"], f"did not finish (status {row['outcome']})")
         raise UserInputError(
-            f"run {run_id} (trial {row['trial']}) is {row['outcome']}, not finished: only finished trials "
-            "can be promoted" + (f" (its error: {error})" if error else "")
+            f"run {run_id} (trial {row['trial']}) {why}: only finished trials can be promoted"
+            + (f" (its error: {error})" if error else "")
         )
     sweep_id = parent.data.tags.get(tracking.TAG_SWEEP, parent_id)
     ranked = rank(rows, metric, mode)

@@ -104,6 +104,9 @@ def trial_env() -> dict[str, str]:
             "HF_HOME", "NO_ALBUMENTATIONS_UPDATE")
     env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Trial output is interleaved in one terminal: keep library progress bars and chatter out of it.
+    env.update({"HF_HUB_DISABLE_PROGRESS_BARS": "1", "DIFFUSERS_VERBOSITY": "error",
+                "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"})
     return env
 
 

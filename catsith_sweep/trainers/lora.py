@@ -126,6 +126,8 @@ class LoraTrainer:
 
     def train(self, steps: int, log: Any) -> dict[str, float]:
         self.parts.unet.train()
+        if self.cfg.train_text_encoder:  # its LoRA dropout acts in training mode only
+            self.parts.text_encoder.train()
         metrics: dict[str, float] = {}
         accum = self.exp.train.gradient_accumulation_steps
         for _ in range(steps):
@@ -139,7 +141,7 @@ class LoraTrainer:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
                 self.scaler.scale(loss / accum).backward()
-                total += float(loss) / accum
+                total += loss.item() / accum
             self.scaler.unscale_(self.opt)
             if self.exp.train.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, self.exp.train.max_grad_norm)
@@ -154,6 +156,7 @@ class LoraTrainer:
 
     def evaluate(self, out_dir: Path) -> Evaluation:
         self.parts.unet.eval()
+        self.parts.text_encoder.eval()
         return evaluate_samples(self.parts, self.dataset, self.exp, out_dir, self.prompts, self.step,
                                 self.device)
 
@@ -188,7 +191,7 @@ class LoraTrainer:
             F.save_peft_safetensors(layers, out["peft_safetensors"], metadata=meta)
         if "kohya_safetensors" in formats:
             out["kohya_safetensors"] = directory / f"{self.exp.name}.kohya.safetensors"
-            F.save_kohya_safetensors(layers, out["kohya_safetensors"])
+            F.save_kohya_safetensors(layers, out["kohya_safetensors"], metadata=meta)
         if "catsith_json" in formats:
             out["catsith_json"] = directory / f"{self.exp.name}.lora.json"
             F.save_catsith_json(layers, out["catsith_json"], name=self.exp.name, base_model=self.exp.model.base)

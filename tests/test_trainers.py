@@ -1,0 +1,272 @@
+"""The trainers on real tiny models (no mocks): exact checkpoint resume, the plain trial loop with its
+reports, evaluations and exports, non-finite losses, devices and precision, and step budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from fixtures_models import TINY_BASE_CONFIG, experiment, lora_experiment
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from catsith_sweep.config.schema import Experiment
+from catsith_sweep.trainers import diffusion as D
+from catsith_sweep.trainers import make_trainer
+from catsith_sweep.trainers.base import Report, Trainer, run_trial
+from catsith_sweep.trainers.full import FullTrainer
+from catsith_sweep.trainers.lora import LoraTrainer
+
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.usefixtures("use_catsith_cache")
+
+N = 3  # steps before and after the checkpoint
+
+
+def _quiet(step: int, metrics: dict[str, float]) -> None:
+    pass
+
+
+def _trainable(trainer: Any) -> dict[str, torch.Tensor]:
+    return {f"{i}.{name}": p.detach().clone()
+            for i, module in enumerate((trainer.parts.unet, trainer.parts.text_encoder))
+            for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _all_weights(trainer: FullTrainer) -> dict[str, torch.Tensor]:
+    return {f"{part}.{name}": p.detach().clone() for part, module in trainer._modules().items()
+            for name, p in module.named_parameters()}
+
+
+def _assert_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    different = [name for name in want if not torch.equal(got[name], want[name])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+
+
+def _resume_matches_straight_run(make: Any, weights: Any, tmp_path: Path) -> tuple[Any, Any]:
+    """Train 2N steps straight; and N steps, save, then a new trainer restores and trains N more."""
+    straight = make(tmp_path / "straight")
+    straight.setup()
+    start = weights(straight)
+    straight.train(2 * N, _quiet)
+
+    first = make(tmp_path / "first")
+    first.setup()
+    first.train(N, _quiet)
+    first.save(tmp_path / "ckpt")
+
+    resumed = make(tmp_path / "resumed")
+    resumed.setup()
+    resumed.restore(tmp_path / "ckpt")
+    assert resumed.step == N
+    resumed.train(N, _quiet)
+    assert resumed.step == straight.step == 2 * N
+
+    _assert_identical(weights(resumed), weights(straight))
+    # The comparison means something: training moved the weights, and so did the second half.
+    assert any(not torch.equal(start[k], v) for k, v in weights(straight).items())
+    assert any(not torch.equal(weights(first)[k], v) for k, v in weights(straight).items())
+    return first, resumed
+
+
+def test_lora_checkpoint_restores_exactly(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    # Every source of randomness in play: data order, caption dropout, noise offset, timesteps, LoRA
+    # dropout (global torch RNG), a cosine schedule with warm-up, gradient accumulation, Min-SNR.
+    exp = lora_experiment(
+        tiny_base, catsith_cache,
+        train={"max_steps": 2 * N, "gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 2},
+        lora={"dropout": 0.1, "caption_dropout_rate": 0.3, "noise_offset": 0.05, "min_snr_gamma": 5.0},
+    )
+    first, _ = _resume_matches_straight_run(lambda d: LoraTrainer(exp, d), _trainable, tmp_path)
+    # The checkpoint holds the adapter only, not a copy of the frozen base.
+    saved = load_file(str(tmp_path / "ckpt" / "unet_lora.safetensors"))
+    assert saved and all(".lora_" in key for key in saved)
+    assert len(saved) == sum(1 for p in first.parts.unet.parameters() if p.requires_grad)
+
+
+def test_lora_checkpoint_with_text_encoder_restores_exactly(tiny_base: Path, catsith_cache: Path,
+                                                            tmp_path: Path) -> None:
+    exp = lora_experiment(tiny_base, catsith_cache, train={"max_steps": 2 * N},
+                          lora={"train_text_encoder": True, "caption_dropout_rate": 0.3})
+    first, _ = _resume_matches_straight_run(lambda d: LoraTrainer(exp, d), _trainable, tmp_path)
+    assert first.cache is None  # a trained text encoder embeds captions every step
+    assert any(name.startswith("1.") for name in _trainable(first))
+
+
+@pytest.mark.parametrize("vae_steps", [2, 4], ids=["save-in-unet-phase", "save-in-vae-phase"])
+def test_full_checkpoint_restores_exactly(vae_steps: int, catsith_cache: Path, tmp_path: Path) -> None:
+    exp = experiment(TINY_BASE_CONFIG, catsith_cache, train={"max_steps": 2 * N, "batch_size": 4},
+                     full={"vae_steps": vae_steps, "vae_batch_size": 4})
+    _, resumed = _resume_matches_straight_run(lambda d: FullTrainer(exp, d), _all_weights, tmp_path)
+    assert resumed.parts.vae.config.scaling_factor != 0.18215  # fitted to the trained VAE, and restored
+
+
+def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    exp = lora_experiment(tiny_base, catsith_cache,
+                          export={"formats": ["peft_safetensors", "kohya_safetensors", "catsith_json"]})
+    reports: list[Report] = []
+    checkpoint_configs: list[str] = []
+
+    def report(r: Report) -> None:
+        reports.append(r)
+        if r.checkpoint is not None:  # the checkpoint is replaced by the next one: look at it now
+            checkpoint_configs.append((r.checkpoint / "config.yaml").read_text())
+            assert (r.checkpoint / "trainer_state.pt").is_file()
+
+    trainer = make_trainer(exp, tmp_path)
+    assert isinstance(trainer, LoraTrainer) and isinstance(trainer, Trainer)
+    final = run_trial(trainer, exp, tmp_path, report, log_every=1)
+
+    train_logs = [r for r in reports if r.checkpoint is None and not r.final]
+    evals = [r for r in reports if r.checkpoint is not None]
+    assert [r.step for r in train_logs] == [1, 2, 3, 4]
+    assert all(set(r.metrics) == {"loss", "lr"} for r in train_logs)
+    assert [r.step for r in evals] == [2, 4]
+    for r in evals:
+        for key in ("loss", "lr", "sprite_fid", "sprite_kid", "sprite_lpips", "kind_accuracy", "direction_accuracy"):
+            assert key in r.metrics and isinstance(r.metrics[key], float), key
+        assert 0.0 <= r.metrics["kind_accuracy"] <= 1.0
+        samples = r.images["samples"]
+        assert samples.is_file() and samples.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert samples.parent.name == f"step_{r.step:06d}"
+    assert len(checkpoint_configs) == 2
+    assert all(yaml.safe_load(text) == exp.model_dump(mode="json") for text in checkpoint_configs)
+
+    last = reports[-1]
+    assert last.final and last.step == 4 and final.step == 4 and sum(r.final for r in reports) == 1
+    assert last.metrics == evals[-1].metrics
+    assert set(last.exports) == {"peft_safetensors", "kohya_safetensors", "catsith_json"}
+    assert all(path.is_file() for path in last.exports.values())
+    assert yaml.safe_load((tmp_path / "export" / "config.yaml").read_text()) == exp.model_dump(mode="json")
+    for fmt in ("peft_safetensors", "kohya_safetensors"):  # each file carries its config too
+        with safe_open(str(last.exports[fmt]), framework="pt") as fh:
+            assert yaml.safe_load(fh.metadata()["catsith_sweep.config"]) == exp.model_dump(mode="json")
+
+    _assert_exports_reproduce_adapter(trainer, tiny_base, last.exports)
+
+
+def _unet_output(unet: Any, embeddings: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 8, 8, generator=generator)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), embeddings).sample
+
+
+def _assert_exports_reproduce_adapter(trainer: LoraTrainer, base: Path, exports: dict[str, Path]) -> None:
+    """diffusers' own `load_lora_weights` on the plain base gives the trained adapter's UNet output."""
+    from catsith_sweep.export.lora_formats import read_catsith_json
+    from catsith_sweep.models.builtin import load_parts, to_pipeline
+
+    trainer.parts.unet.eval()
+    with torch.no_grad():
+        embeddings = trainer._embed(["pixel art game sprite, facing left", ""])
+    want = _unet_output(trainer.parts.unet, embeddings)
+    base_out = _unet_output(load_parts(base).unet, embeddings)
+    assert (want - base_out).abs().max() > 1e-4  # the adapter really changes the output
+
+    for fmt in ("peft_safetensors", "kohya_safetensors"):
+        pipe = to_pipeline(load_parts(base))
+        pipe.load_lora_weights(str(exports[fmt]))
+        torch.testing.assert_close(_unet_output(pipe.unet, embeddings), want, atol=1e-5, rtol=0, msg=fmt)
+
+    layers = read_catsith_json(exports["catsith_json"])
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in trainer.parts.unet.named_parameters()
+               if ".lora_A." in name}
+    assert {layer.name for layer in layers} == {f"unet.{name}" for name in adapted}
+    assert all(layer.rank == 4 and layer.alpha == 8.0 for layer in layers)
+
+
+def test_non_finite_loss_raises(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    """A NaN in the adapter (as a diverged run leaves it) stops training at the step it shows up."""
+    trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache), tmp_path)
+    trainer.setup()
+    trainer.train(1, _quiet)
+    lora_a = next(p for name, p in trainer.parts.unet.named_parameters() if ".lora_A." in name)
+    with torch.no_grad():
+        lora_a[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        trainer.train(2, _quiet)
+    assert trainer.step == 1
+
+
+def test_full_trainer_non_finite_raises(catsith_cache: Path, tmp_path: Path) -> None:
+    trainer = FullTrainer(experiment(TINY_BASE_CONFIG, catsith_cache, full={"vae_steps": 2, "vae_batch_size": 2}),
+                          tmp_path)
+    trainer.setup()
+    with torch.no_grad():
+        next(trainer.parts.vae.parameters()).fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        trainer.train(1, _quiet)
+
+
+def test_lora_diverging_learning_rate_raises(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    """A learning rate far too high, without clipping, really diverges: the loop must stop, not go on."""
+    exp = lora_experiment(tiny_base, catsith_cache, train={"learning_rate": 1e12, "max_grad_norm": None})
+    trainer = LoraTrainer(exp, tmp_path)
+    trainer.setup()
+    with pytest.raises(FloatingPointError):
+        trainer.train(20, _quiet)
+    assert 1 <= trainer.step < 20
+
+
+def test_half_precision_on_cpu_is_refused(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    for precision in ("fp16", "bf16"):
+        exp = lora_experiment(tiny_base, catsith_cache, train={"mixed_precision": precision, "device": "cpu"})
+        with pytest.raises(RuntimeError, match=f"mixed_precision={precision} needs a CUDA device"):
+            LoraTrainer(exp, tmp_path).setup()
+    assert D.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert D.resolve_dtype("no", torch.device("cpu")) == torch.float32
+
+
+def test_device_auto(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert D.resolve_device("auto").type == expected
+    assert D.resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            D.resolve_device("cuda")
+        trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"device": "auto"}), tmp_path)
+        trainer.setup()
+        assert trainer.device.type == "cpu" and trainer.dtype == torch.float32
+        assert trainer.parts.unet.device.type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    exp = lora_experiment(tiny_base, catsith_cache, train={"device": "auto", "mixed_precision": "auto"})
+    trainer = LoraTrainer(exp, tmp_path)
+    trainer.setup()
+    assert trainer.device.type == "cuda" and trainer.dtype in (torch.bfloat16, torch.float16)
+    before = _trainable(trainer)
+    metrics = trainer.train(2, _quiet)
+    assert trainer.step == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
+    after = _trainable(trainer)
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in after.values())
+    assert any(not torch.equal(before[k], v) for k, v in after.items())
+
+
+def _epochs_experiment(trainer: str, base: Path, cache: Path) -> Experiment:
+    train = {"max_steps": None, "epochs": 3, "batch_size": 8, "gradient_accumulation_steps": 2}
+    if trainer == "lora":
+        return lora_experiment(base, cache, train=train)
+    return experiment(TINY_BASE_CONFIG, cache, train={**train, "gradient_accumulation_steps": 1},
+                      full={"vae_steps": 5})
+
+
+def test_total_steps_from_epochs(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    lora = LoraTrainer(_epochs_experiment("lora", tiny_base, catsith_cache), tmp_path / "lora")
+    lora.setup()
+    images = len(lora.dataset)
+    assert images > 16
+    assert lora.total_steps() == -(-images // 16) * 3  # ceil(images / (batch 8 x accumulation 2)) x epochs
+    full = FullTrainer(_epochs_experiment("full", tiny_base, catsith_cache), tmp_path / "full")
+    full.setup()
+    assert full.total_steps() == 5 + -(-images // 8) * 3  # VAE phase + UNet epochs
+    # max_steps wins when given
+    assert LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"max_steps": 7}), tmp_path).total_steps() == 7
