@@ -12,7 +12,7 @@ from typing import Any
 from catsith_sweep.config import LoadedExperiment
 
 
-def rebuild_study(loaded: LoadedExperiment, rows: list[dict[str, Any]]) -> Any:
+def rebuild_study(loaded: LoadedExperiment, rows: list[dict[str, Any]], uri: str | None = None) -> Any:
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -23,7 +23,8 @@ def rebuild_study(loaded: LoadedExperiment, rows: list[dict[str, Any]]) -> Any:
     dists, _ = optuna_space(loaded.space)
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
                                 study_name=exp.name)
-    for row in rows:
+    history = _metric_history(uri, metric) if uri else (lambda run_id: {})
+    for row in sorted(rows, key=lambda r: r.get("start_time") or 0):
         try:
             params = {k: _encode(json.loads(row["params"][k])) for k in dists}
         except (KeyError, json.JSONDecodeError):
@@ -33,12 +34,27 @@ def rebuild_study(loaded: LoadedExperiment, rows: list[dict[str, Any]]) -> Any:
         state = TrialState.COMPLETE if finished else (
             TrialState.PRUNED if row["outcome"] == "stopped early" else TrialState.FAIL)
         study.add_trial(create_trial(params=params, distributions=dists, value=value if finished else None,
-                                     state=state))
+                                     state=state, intermediate_values=history(row["run_id"])))
     return study
 
 
-def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """optimization_history.png and param_importances.png (the latter needs 2+ finished trials)."""
+def _metric_history(uri: str, metric: str) -> Any:
+    from catsith_sweep import tracking
+
+    c = tracking.client(uri)
+
+    def history(run_id: str) -> dict[int, float]:
+        if not run_id:
+            return {}
+        return {m.step: m.value for m in c.get_metric_history(run_id, metric)}
+
+    return history
+
+
+def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: Path,
+                 uri: str | None = None) -> list[Path]:
+    """optimization_history.png, intermediate_values.png (every trial's metric by step: shows what the
+    scheduler stopped) and param_importances.png (needs 2+ finished trials)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,11 +63,12 @@ def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: 
 
     if not loaded.space:
         return []
-    study = rebuild_study(loaded, rows)
+    study = rebuild_study(loaded, rows, uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    plots: list[tuple[str, Any]] = [("optimization_history.png", ovm.plot_optimization_history)]
+    plots: list[tuple[str, Any]] = [("optimization_history.png", ovm.plot_optimization_history),
+                                     ("intermediate_values.png", ovm.plot_intermediate_values)]
     if len(complete) >= 2 and len(loaded.space) >= 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))
     for name, plot in plots:

@@ -57,7 +57,7 @@ def trial_rows(uri: str, experiment_id: str, parent_run_id: str, metrics: list[s
             outcome = run.info.status.lower()
         rows.append({
             "trial": tags.get(tracking.TAG_TRIAL, ""), "run_id": run.info.run_id, "outcome": outcome,
-            "status": run.info.status,
+            "status": run.info.status, "start_time": run.info.start_time,
             **{m: run.data.metrics.get(m) for m in metrics},
             "params": {k: v for k, v in run.data.params.items() if not k.startswith("config.")},
         })
@@ -123,7 +123,7 @@ def finish_parent_run(uri: str, experiment_id: str, parent_run_id: str, loaded: 
     from catsith_sweep.sweep.plots import comparison_grid, optuna_plots
 
     plot_dir = sweep_dir / "plots"
-    for path in optuna_plots(loaded, rows, plot_dir) + comparison_grid(uri, ranked[:TOP_K], plot_dir):
+    for path in optuna_plots(loaded, rows, plot_dir, uri) + comparison_grid(uri, ranked[:TOP_K], plot_dir):
         c.log_artifact(parent_run_id, str(path), "plots")
     c.set_terminated(parent_run_id, "FINISHED")
     return best, counts
