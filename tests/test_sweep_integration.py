@@ -58,9 +58,9 @@ def _runs(db: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture()
-def workspace(tmp_path: Path, tiny_base: Path) -> tuple[Path, Path]:
-    cache = Path(os.environ.get("CATSITH_CACHE", tmp_path / "cache"))
-    return tmp_path, cache
+def workspace(tmp_path: Path, tiny_base: Path, catsith_cache: Path) -> tuple[Path, Path]:
+    """A working directory (the MLflow store and runs/ land there) and the session's model cache."""
+    return tmp_path, catsith_cache
 
 
 def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None:
