@@ -183,3 +183,12 @@ def test_base_build_yaml_is_the_builtin_recipe() -> None:
     shipped = load_experiment(ROOT / "experiments" / "base_build.yaml").experiment
     assert shipped.model_dump(exclude={"description"}) == builtin_base_experiment().model_dump(
         exclude={"description"})
+
+
+def test_tradeoff_plot_must_name_a_searched_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD + "  plots:\n    - {x: lora.rnk, y: [sprite_fid]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert "search.plots[0].x: `lora.rnk` is not a searched key; did you mean `lora.rank`?" in info.value.render()
+    ok = _write(tmp_path, GOOD + "  plots:\n    - {x: lora.rank, y: [sprite_fid], log_x: true}\n", "ok.yaml")
+    assert load_experiment(ok).experiment.search.plots[0].log_x

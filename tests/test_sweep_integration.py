@@ -33,6 +33,8 @@ search:
   scheduler: none
   num_samples: 3
   max_concurrent_trials: {concurrency}
+  plots:
+    - {{x: lora.rank, y: [sprite_fid]}}
 export: {{formats: [peft_safetensors, catsith_json]}}
 """
 
@@ -93,6 +95,9 @@ def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None
     assert any(a.path.startswith("images") for a in client.list_artifacts(good["run_id"]))
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0]["run_id"])}
     assert {"leaderboard.md", "inputs", "plots"} <= parent_artifacts
+    plots = {a.path for a in client.list_artifacts(parents[0]["run_id"], "plots")}
+    assert {"plots/optimization_history.png", "plots/tradeoff_lora_rank.png",
+            "plots/top_trials_comparison.png"} <= plots, plots
     assert parents[0]["status"] == "FINISHED" and parents[0].get("catsith.best_run_id")
 
     board = _cli(cwd, cache, "leaderboard", "it_sweep")

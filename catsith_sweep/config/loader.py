@@ -223,6 +223,11 @@ def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
     for key, (dist, src, loc) in merged.items():
         for problem in _check_space_key(key, dist, experiment, raw):
             problems.append(f"{src.where(loc)} search.space.{key}: {problem}")
+    for index, plot in enumerate(experiment.search.plots):
+        if plot.x not in merged:
+            loc = ("search", "plots", index, "x")
+            problems.append(f"{source.where(loc)} {format_loc(loc)}: `{plot.x}` is not a searched key"
+                            + _suggest(plot.x, list(merged)))
     return {key: value[0] for key, value in merged.items()}, space_file
 
 

@@ -179,6 +179,14 @@ class FullSection(Section):
     """Empty captions in training, so classifier-free guidance has an unconditional model."""
 
 
+class TradeoffPlot(Section):
+    x: str
+    """A searched key (e.g. `vae.beta`) on the horizontal axis."""
+    y: list[str] = Field(min_length=1)
+    """Metrics plotted against it, one panel each (e.g. `[recon_mse, sprite_fid_prior]`)."""
+    log_x: bool = False
+
+
 class SearchSection(Section):
     space_file: str | None = None
     """A search-space file: a name in `search_spaces/` (e.g. `lora`) or a path relative to the
@@ -201,6 +209,9 @@ class SearchSection(Section):
     """Retries of a trial whose process died, from its last checkpoint."""
     seed: int | None = 0
     """Sampler seed, for reproducible suggestions; empty for random."""
+    plots: list[TradeoffPlot] = Field(default_factory=list)
+    """Extra parent-run plots: final metrics of every trial against a searched key (a trade-off view,
+    such as reconstruction against prior-sample quality over the VAE's beta)."""
 
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)

@@ -85,6 +85,48 @@ def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: 
     return made
 
 
+def tradeoff_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: Path,
+                   uri: str) -> list[Path]:
+    """`search.plots`: each trial's final metrics against a searched key (finished trials in colour,
+    early-stopped ones hollow: their values are from a shorter budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catsith_sweep import tracking
+
+    made = []
+    c = tracking.client(uri)
+    runs = {r["run_id"]: c.get_run(r["run_id"]).data.metrics for r in rows if r.get("run_id")}
+    for spec in loaded.experiment.search.plots:
+        figure, axes = plt.subplots(1, len(spec.y), figsize=(5 * len(spec.y), 4), squeeze=False)
+        for axis, metric in zip(axes[0], spec.y, strict=True):
+            for outcome, style in (("finished", {"c": "tab:blue"}), ("stopped early", {"facecolors": "none",
+                                                                                     "edgecolors": "tab:gray"})):
+                points = [(float(json.loads(r["params"][spec.x])), runs[r["run_id"]][metric]) for r in rows
+                          if r["outcome"] == outcome and spec.x in r["params"] and metric in runs.get(r["run_id"], {})]
+                if points:
+                    axis.scatter(*zip(*points, strict=True), label=outcome, **style)
+            axis.set_xlabel(spec.x)
+            axis.set_ylabel(metric)
+            if spec.log_x:
+                from matplotlib.ticker import NullFormatter
+
+                axis.set_xscale("log")
+                axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
+            axis.grid(alpha=0.3)
+            axis.legend()
+        figure.suptitle(f"{loaded.experiment.name}: trade-off over {spec.x}")
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"tradeoff_{spec.x.replace('.', '_')}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        made.append(path)
+    return made
+
+
 def comparison_grid(uri: str, ranked: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Rows: the grid prompts; columns: ground truth, then the top trials (first seed each)."""
     if not ranked:

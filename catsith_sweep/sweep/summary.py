@@ -120,10 +120,12 @@ def finish_parent_run(uri: str, experiment_id: str, parent_run_id: str, loaded: 
         c.log_metric(parent_run_id, f"best_{metric}", top[metric])
     for name, count in counts.items():
         c.log_metric(parent_run_id, f"trials_{name.replace(' ', '_')}", count)
-    from catsith_sweep.sweep.plots import comparison_grid, optuna_plots
+    from catsith_sweep.sweep.plots import comparison_grid, optuna_plots, tradeoff_plots
 
     plot_dir = sweep_dir / "plots"
-    for path in optuna_plots(loaded, rows, plot_dir, uri) + comparison_grid(uri, ranked[:TOP_K], plot_dir):
+    pictures = (optuna_plots(loaded, rows, plot_dir, uri) + tradeoff_plots(loaded, rows, plot_dir, uri)
+                + comparison_grid(uri, ranked[:TOP_K], plot_dir))
+    for path in pictures:
         c.log_artifact(parent_run_id, str(path), "plots")
     c.set_terminated(parent_run_id, "FINISHED")
     return best, counts
