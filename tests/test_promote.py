@@ -297,7 +297,8 @@ def test_registry_verify_catches_tampering(tmp_path: Path, capsys: pytest.Captur
     assert main(["registry", "verify", str(pkg)]) == 2
 
 
-def test_registry_list_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_registry_list_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = _package(tmp_path)
     _edit_manifest(pkg, lambda m: m.update(tags=[]))
     assert main(["registry", "list", str(pkg.parent)]) == 0
@@ -306,4 +307,8 @@ def test_registry_list_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["registry", "verify", str(pkg.parent)]) == 0  # warnings only
     assert "warning: no tags" in capsys.readouterr().out
     assert main(["registry", "list", str(tmp_path / "missing")]) == 2
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    capsys.readouterr()
+    assert main(["registry", "list"]) == 0  # the CatSith user registry, not created yet
+    assert "does not exist yet" in capsys.readouterr().out
     assert main(["registry", "verify", str(tmp_path / "missing")]) == 2

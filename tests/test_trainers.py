@@ -150,6 +150,28 @@ def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_c
     _assert_exports_reproduce_adapter(trainer, tiny_base, last.exports)
 
 
+def test_run_trial_resumes_from_its_checkpoint(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+    """What a sweep does after a lost trial: run_trial from the last checkpoint ends where an
+    uninterrupted run ends, evaluations in between included."""
+    import shutil
+
+    exp = lora_experiment(tiny_base, catsith_cache, lora={"caption_dropout_rate": 0.2})
+    kept = tmp_path / "kept_step2"
+
+    def keep_first(r: Report) -> None:
+        if r.checkpoint is not None and r.step == 2:
+            shutil.copytree(r.checkpoint, kept)
+
+    run_trial(LoraTrainer(exp, tmp_path / "a"), exp, tmp_path / "a", keep_first)
+    steps: list[int] = []
+    run_trial(LoraTrainer(exp, tmp_path / "b"), exp, tmp_path / "b", lambda r: steps.append(r.step),
+              resume_from=kept, log_every=1)
+    assert steps == [3, 4, 4, 4]  # two training logs, the evaluation at 4, the final report
+    want = load_file(str(tmp_path / "a" / "export" / "pytorch_lora_weights.safetensors"))
+    got = load_file(str(tmp_path / "b" / "export" / "pytorch_lora_weights.safetensors"))
+    _assert_identical(got, want)
+
+
 def _unet_output(unet: Any, embeddings: torch.Tensor) -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(2, 4, 8, 8, generator=generator)

@@ -99,7 +99,8 @@ def train_tokenizer(captions: list[str]) -> Any:
                 break
             merges.append((pieces[0], pieces[1]))
             vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    # `tokenizers`' BPE takes (left, right) pairs; transformers' annotation only names the string form.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)  # type: ignore[arg-type]
 
 
 def build_untrained(captions: list[str]) -> DiffusionParts:

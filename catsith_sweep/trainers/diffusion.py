@@ -85,12 +85,15 @@ def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings:
     """Noise-prediction (epsilon) MSE at random timesteps, with optional noise offset and Min-SNR
     weighting (Hang et al. 2023)."""
     batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    # Draw on the generator's device (the trainers' generator lives on the CPU, so a CUDA run draws the
+    # same numbers as a CPU run and its checkpoints hold one RNG state), then move to the latents.
+    where = generator.device if generator is not None else latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=where).to(latents.device, latents.dtype)
     if noise_offset:
-        offset = torch.randn((batch, latents.shape[1], 1, 1), generator=generator, device=latents.device)
-        noise = noise + noise_offset * offset.to(latents.dtype)
+        offset = torch.randn((batch, latents.shape[1], 1, 1), generator=generator, device=where)
+        noise = noise + noise_offset * offset.to(latents.device, latents.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator,
-                              device=latents.device)
+                              device=where).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, embeddings).sample
     per_item = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))

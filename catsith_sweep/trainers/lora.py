@@ -139,7 +139,7 @@ class LoraTrainer:
                                             noise_offset=self.cfg.noise_offset,
                                             min_snr_gamma=self.cfg.min_snr_gamma, generator=self.generator)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                 self.scaler.scale(loss / accum).backward()
                 total += loss.item() / accum
             self.scaler.unscale_(self.opt)

@@ -1,0 +1,151 @@
+"""Base models: where `model.base` points (builtin, folder, hub id) and what the builtin tiny base is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from catsith_sweep.errors import ModelSourceError
+from catsith_sweep.models.base_source import base_location, builtin_ready, load_base
+from catsith_sweep.models.builtin import (
+    MAX_TOKENS,
+    DiffusionParts,
+    builtin_dir,
+    load_parts,
+    save_parts,
+    train_tokenizer,
+)
+from catsith_sweep.trainers import diffusion as D
+
+torch.set_num_threads(1)
+
+PROMPTS = ["pixel art game sprite, fighter vehicle, facing left", "pixel art game sprite, asteroid"]
+
+
+@pytest.mark.parametrize("offline", ["1", "0"], ids=["HF_HUB_OFFLINE", "no-network"])
+def test_hub_id_fails_fast_offline(offline: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A hub id on a machine without the hub errors in seconds, saying what to do; it never hangs."""
+    from diffusers import StableDiffusionPipeline  # import time is not what this measures
+
+    assert StableDiffusionPipeline is not None
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    assert base_location("catsith-test/no-such-model", tmp_path) == "catsith-test/no-such-model"
+    started = time.monotonic()
+    with pytest.raises(ModelSourceError, match="catsith-test/no-such-model") as caught:
+        load_base("catsith-test/no-such-model", tmp_path)
+    assert time.monotonic() - started < 10
+    if offline == "1":
+        assert "cannot be reached" in str(caught.value) and "model.base" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["missing-model", "./runs/missing", "/definitely/not/here", "a/b/c"])
+def test_missing_folder_is_named(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="is not a diffusers model folder") as caught:
+        load_base(name, tmp_path)
+    assert repr(name) in str(caught.value)
+
+
+def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelSourceError, match="no model_index.json") as caught:
+        load_base(str(tmp_path), None)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_unknown_builtin_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="unknown builtin base 'builtin:catsith-huge'.*builtin:catsith-tiny"):
+        load_base("builtin:catsith-huge", tmp_path)
+    assert not (tmp_path / "bases").exists()  # nothing was built for it
+
+
+def _outputs(parts: DiffusionParts) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    ids = D.tokenize(parts, PROMPTS, torch.device("cpu"))
+    with torch.no_grad():
+        embeddings = parts.text_encoder(ids)[0]
+        return {
+            "ids": ids,
+            "embeddings": embeddings,
+            "unet": parts.unet(latents, torch.tensor([20, 700]), embeddings).sample,
+            "decoded": parts.vae.decode(latents).sample,
+        }
+
+
+def test_load_parts_round_trips(tiny_base: Path, tmp_path: Path) -> None:
+    parts = load_parts(tiny_base)
+    save_parts(parts, tmp_path / "copy")
+    again = load_parts(tmp_path / "copy")
+    before, after = _outputs(parts), _outputs(again)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    assert before["ids"].shape == (2, MAX_TOKENS)
+    assert again.rgba and again.vae.config.scaling_factor == parts.vae.config.scaling_factor
+    assert dict(again.scheduler.config) == dict(parts.scheduler.config)
+
+
+def test_builtin_name_loads_the_cached_base(tiny_base: Path, tmp_path: Path) -> None:
+    """`builtin:catsith-tiny` resolves to the cache folder and loads from it without building again."""
+    assert not builtin_ready("builtin:catsith-tiny", tmp_path)
+    target = builtin_dir("catsith-tiny", tmp_path)
+    shutil.copytree(tiny_base, target / "diffusers")
+    assert builtin_ready("builtin:catsith-tiny", tmp_path)
+    assert base_location("builtin:catsith-tiny", tmp_path) == target / "diffusers"
+    started = time.monotonic()
+    parts = load_base("builtin:catsith-tiny", tmp_path)
+    assert time.monotonic() - started < 30
+    assert sorted(p.name for p in target.iterdir()) == ["diffusers"]  # no build ran
+    assert torch.equal(_outputs(parts)["unet"], _outputs(load_parts(tiny_base))["unet"])
+
+
+def test_tiny_base_generates_rgba_sprites(tiny_base: Path) -> None:
+    parts = load_parts(tiny_base)
+    images = D.generate(parts, PROMPTS, [0, 1], steps=3, guidance_scale=4.0, device=torch.device("cpu"))
+    assert images.shape == (4, 4, 64, 64) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1
+    alpha = images[:, 3]
+    assert alpha.std() > 0  # a real alpha channel from the RGBA VAE, not a constant fill
+    again = D.generate(parts, PROMPTS[:1], [1], steps=3, guidance_scale=4.0, device=torch.device("cpu"))
+    # Fixed seeds: the same sprite for the same prompt and seed, whatever else is in the batch.
+    torch.testing.assert_close(again[0], images[1], atol=1e-4, rtol=0)
+    assert (images[0] - images[1]).abs().max() > 1e-2
+
+
+def test_tiny_base_build_result(tiny_base: Path) -> None:
+    """`base build` leaves a diffusers folder, its resolved config and the last sample grid."""
+    root = tiny_base.parent
+    assert (tiny_base / "model_index.json").is_file()
+    assert json.loads((tiny_base / "catsith_base.json").read_text())["steps"] == 40
+    assert yaml.safe_load((root / "config.yaml").read_text())["trainer"] == "full"
+    assert (root / "samples" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tokenizer_is_deterministic_and_whole_word(tmp_path: Path) -> None:
+    captions = [
+        "pixel art game sprite, fighter vehicle, facing up, green colored, transparent background, 16-bit retro style",
+        "pixel art game sprite, asteroid hazard, grey colored, transparent background",
+        "pixel art game sprite, fighter ship, facing down-left, red colored",
+    ]
+    first, second = train_tokenizer(captions), train_tokenizer(list(reversed(captions)))
+    assert first.get_vocab() == second.get_vocab()
+    for caption in captions:
+        assert first(caption).input_ids == second(caption).input_ids
+    tokens = first.convert_ids_to_tokens(first(captions[0]).input_ids)
+    assert tokens[1:5] == ["pixel</w>", "art</w>", "game</w>", "sprite</w>"]  # each caption word is one token
+    assert tokens.count(",</w>") == 5
+    unseen = first("zebra quux!").input_ids
+    assert unseen[0] == first.bos_token_id and unseen[-1] == first.eos_token_id
+    assert first.eos_token_id not in unseen[1:-1]  # unseen words spell out from the byte alphabet, no unk
+    first.save_pretrained(tmp_path / "tok")
+    from transformers import CLIPTokenizer
+
+    loaded = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.model_max_length == MAX_TOKENS
+    for text in [*captions, "zebra quux!"]:
+        assert loaded(text).input_ids == first(text).input_ids
