@@ -32,6 +32,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/lora_step_overhead.py
+	$(PY) bench/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
