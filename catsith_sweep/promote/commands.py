@@ -1,8 +1,9 @@
 """Subcommands `promote` and `registry list|verify`.
 
 `promote EXPERIMENT_NAME` puts the best finished trial of the experiment's latest sweep (or `--run-id`)
-into the CatSith LoRA registry and the MLflow Model Registry (alias `champion`). `registry list` and
-`registry verify` read packages as CatSith's loader does; verify exits 2 naming every problem.
+into CatSith and the MLflow Model Registry (alias `champion`): a LoRA trial into the CatSith LoRA registry,
+a SpriteVAE trial's ONNX encoder and decoder into a CatSith models folder (`--models`, `promote/vae.py`).
+`registry list` and `registry verify` read packages as CatSith's loader does; verify exits 2 naming every problem.
 """
 
 from __future__ import annotations
@@ -96,10 +97,50 @@ def cmd_promote(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args.tracking_uri, file_uri)
     choice = choose_trial(uri, args.experiment_name, args.run_id)
     _print_choice(choice, named=bool(args.run_id))
+    from catsith_sweep.promote.vae import trial_trainer
+
+    if trial_trainer(uri, choice.run) == "vae":
+        from catsith_sweep.promote.vae import promote_vae
+
+        for flag in ("registry", "category"):
+            if getattr(args, flag):
+                out.print(f"[yellow]note:[/yellow] --{flag} is for LoRA trials; ignored for this SpriteVAE trial")
+        _print_vae_outcome(promote_vae(uri, args.experiment_name, choice, name=args.name,
+                                       models_dir=Path(args.models) if args.models else None,
+                                       file_section=file_section))
+        return 0
+    if args.models:
+        out.print("[yellow]note:[/yellow] --models is for SpriteVAE trials; ignored for this LoRA trial")
     flags = Flags(name=args.name, registry=Path(args.registry) if args.registry else None, category=args.category,
                   file_section=file_section)
     _print_outcome(promote_choice(uri, args.experiment_name, choice, flags))
     return 0
+
+
+def _print_vae_outcome(outcome: Any) -> None:
+    models, version = outcome.models, outcome.version
+    files = ", ".join(path.name for path in models.files.values())
+    if outcome.nothing_new:
+        out.print(f"[green]nothing new[/green]: run {outcome.choice.run_id} is already version {version.version} "
+                  f"of model `{escape(version.model)}`, and {escape(str(models.directory))} already holds it")
+    else:
+        if models.status == "written":
+            out.print(f"models: wrote {files} to {escape(str(models.directory))}")
+        else:
+            out.print(f"models: {escape(str(models.directory))} already holds this run's files")
+        if version.created:
+            out.print(f"model registry: registered version {version.version} of model `{escape(version.model)}`")
+        else:
+            out.print(f"model registry: run already registered as version {version.version} of "
+                      f"`{escape(version.model)}`; no new version")
+    if version.champion_moved:
+        moved = f" (alias previous -> version {version.previous})" if version.previous else ""
+        out.print(f"alias champion -> version {version.version}{moved}")
+    else:
+        out.print(f"version {version.version} is already the champion")
+    latent = models.manifest.get("latent_dim")
+    out.print(f"CatSith runs sprite_vae_encoder / sprite_vae_decoder (latent_dim {latent}) from "
+              f"{escape(str(models.directory))}")
 
 
 def _size(n: int | None) -> str:
@@ -167,14 +208,16 @@ def cmd_registry_verify(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `promote` and `registry list|verify` to the CLI."""
-    p = sub.add_parser("promote", help="put the best trial (or --run-id) into the CatSith registry and the "
-                       "MLflow Model Registry as champion")
+    p = sub.add_parser("promote", help="put the best trial (or --run-id) into CatSith (LoRA: its registry; "
+                       "SpriteVAE: a models folder) and the MLflow Model Registry as champion")
     p.add_argument("experiment_name", help="MLflow experiment (the experiment's name)")
     p.add_argument("--run-id", default=None, help="promote this trial run instead of the best one")
     p.add_argument("--registry", default=None, help="CatSith LoRA registry dir (default: promote.registry, "
                    "else the CatSith user registry)")
     p.add_argument("--name", default=None, help="package name and registered model name")
     p.add_argument("--category", choices=CATEGORIES, default=None, help="LoRA category (default: promote.category)")
+    p.add_argument("--models", default=None, help="SpriteVAE trials: CatSith models folder for the ONNX encoder "
+                   "and decoder (default: promote.models_dir, else models/)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the experiment file's, "
                    "else sqlite:///mlflow.db)")
     p.add_argument("--experiment-file", default=None, help="experiment YAML whose promote section overrides "

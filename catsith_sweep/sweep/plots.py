@@ -141,8 +141,9 @@ def comparison_grid(uri: str, ranked: list[dict[str, Any]], out_dir: Path) -> li
     with tempfile.TemporaryDirectory() as tmp:
         for row in ranked:
             try:
+                # One folder per run: load_file maps the file, so a shared path would alias every column.
                 local = download_artifacts(run_id=row["run_id"], artifact_path="samples/samples.safetensors",
-                                           dst_path=tmp, tracking_uri=uri)
+                                           dst_path=str(Path(tmp) / row["run_id"]), tracking_uri=uri)
             except Exception:  # a trial without samples (e.g. a non-image trainer)
                 continue
             tensors = load_file(local)
