@@ -19,11 +19,11 @@ from catsith_sweep.data.metadata import (
     DEFAULT_STYLE_PREFIX,
     DEFAULT_STYLE_SUFFIX,
     Entity,
-    atomic_write_bytes,
     load_metadata,
 )
 from catsith_sweep.data.vocab import DIRECTION_NAMES
 from catsith_sweep.errors import DatasetError
+from catsith_sweep.io import atomic_write_bytes
 
 
 def color_word(base_color: Any) -> str | None:

@@ -7,14 +7,13 @@ kinds, direction counts, files present) live in `validate.py`, which reports the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from catsith_sweep.errors import DatasetError
+from catsith_sweep.io import atomic_write_bytes
 
 METADATA_NAME = "metadata.json"
 IMAGES_DIR = "images"
@@ -126,19 +125,6 @@ def raw_listing(data: Any) -> list[tuple[int, int, str]] | None:
         for j, name in enumerate(entity["files"])
         if isinstance(name, str)
     ]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_metadata(root: Path, metadata: Metadata) -> None:

@@ -35,12 +35,12 @@ from catsith_sweep.data.metadata import (
     METADATA_NAME,
     Entity,
     Metadata,
-    atomic_write_bytes,
     load_metadata,
     write_metadata,
 )
 from catsith_sweep.data.validate import ALLOWED_DIRECTIONS, DatasetReport, inspect_dataset, validate_dataset
 from catsith_sweep.errors import DatasetError
+from catsith_sweep.io import atomic_write_bytes
 
 ColorKey = tuple[int, int, int] | str | None
 ID_PREFIX = {"vehicle": "ship", "projectile": "projectile", "environment": "environment"}

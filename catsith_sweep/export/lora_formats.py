@@ -33,12 +33,10 @@ Formats written (every file atomically: a temp file in the same directory, then 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from catsith_sweep.errors import UserInputError
+from catsith_sweep.io import atomic_write_bytes as write_bytes_atomic
 
 PEFT_FORMAT = "catsith_sweep.peft_diffusers_lora.v1"
 KOHYA_FORMAT = "catsith_sweep.kohya_lora.v1"
@@ -105,25 +104,6 @@ class LoraLayer:
 def lora_delta(layer: LoraLayer) -> torch.Tensor:
     """The weight delta of a layer in torch Linear layout (out x in): (alpha / rank) * up @ down."""
     return (layer.alpha / layer.rank) * (layer.up @ layer.down)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a partial one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target: os.replace is only atomic within one filesystem.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; exported files are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- extraction from a model

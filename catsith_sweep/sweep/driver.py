@@ -18,7 +18,7 @@ from typing import Any
 
 from catsith_sweep.config import LoadedExperiment, dump_resolved
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.trainers.base import atomic_write_text
+from catsith_sweep.io import atomic_write_text
 
 STATE_FILE = "sweep.json"
 RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters

@@ -12,7 +12,7 @@ from typing import Any
 
 from catsith_sweep import tracking
 from catsith_sweep.config import LoadedExperiment, dump_resolved
-from catsith_sweep.trainers.base import atomic_write_text
+from catsith_sweep.io import atomic_write_text
 
 TOP_K = 3
 

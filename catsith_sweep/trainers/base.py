@@ -8,7 +8,6 @@ to `ray.tune.report` and MLflow, and a notebook can pass `print`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from catsith_sweep.config.loader import dump_resolved
 from catsith_sweep.config.schema import Experiment
+from catsith_sweep.io import atomic_write_text
 
 RESOLVED_CONFIG = "config.yaml"
 
@@ -86,25 +86,6 @@ def write_resolved_config(directory: Path, experiment: Experiment, extra: dict |
     atomic_write_text(directory / RESOLVED_CONFIG, dump_resolved(experiment))
     if extra:
         atomic_write_text(directory / "trial.json", json.dumps(extra, indent=2, sort_keys=True))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def replace_dir(staging: Path, target: Path) -> None:

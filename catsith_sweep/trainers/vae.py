@@ -38,9 +38,10 @@ import torch
 from catsith_sweep.config.schema import Experiment, VaeSection
 from catsith_sweep.data.source import open_dataset
 from catsith_sweep.errors import UserInputError
+from catsith_sweep.io import atomic_write_text
 from catsith_sweep.models.sprite_vae import SpriteVAE, direction_consistency_loss, kl_warmup_factor, vae_loss
 from catsith_sweep.trainers import diffusion as D
-from catsith_sweep.trainers.base import Evaluation, atomic_write_text
+from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 
 WEIGHTS_FILE = "sprite_vae.safetensors"
