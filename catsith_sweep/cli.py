@@ -28,9 +28,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from catsith_sweep.config import load_experiment
+    from catsith_sweep.trainers import require_implemented
 
     loaded = load_experiment(args.experiment, args.overrides)
     exp = loaded.experiment
+    require_implemented(exp, loaded.path)
     out.print(f"[green]ok[/green] {loaded.path}: experiment `{exp.name}`, trainer `{exp.trainer}`, "
               f"{len(loaded.space)} searched key(s), {exp.search.num_samples} trial(s)")
     for key, dist in loaded.space.items():
@@ -64,7 +66,8 @@ def cmd_dataset_caption(args: argparse.Namespace) -> int:
 def cmd_dataset_synth(args: argparse.Namespace) -> int:
     from catsith_sweep.data.synth import contact_sheet, synth_dataset
 
-    report = synth_dataset(Path(args.out), seed=args.seed, size=args.size, variants=args.variants)
+    report = synth_dataset(Path(args.out), seed=args.seed, size=args.size, variants=args.variants,
+                           style=args.style)
     out.print(f"wrote {args.out}: {report}")
     if args.contact_sheet:
         contact_sheet(Path(args.out), Path(args.contact_sheet))
@@ -122,6 +125,8 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--variants", type=int, default=3, help="designs per kind")
+    p.add_argument("--style", choices=["16bit", "handheld"], default="16bit",
+                   help="art style: 16bit (the base's) or handheld (four greens)")
     p.add_argument("--contact-sheet", default=None, help="also write a PNG contact sheet here")
     p.set_defaults(func=cmd_dataset_synth)
     p = dataset.add_parser("import-sheet", help="cut a sprite sheet into the dataset layout")
@@ -204,6 +209,10 @@ _EXTRA_COMMANDS.append(lambda sub: __import__("catsith_sweep.promote.commands").
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Library chatter (torchvision notices, loading bars) drowns our output; a user's own setting wins.
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+        os.environ.setdefault(key, value)
     try:
         return int(args.func(args))
     except UserInputError as exc:

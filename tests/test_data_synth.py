@@ -12,6 +12,7 @@ from PIL import Image
 from catsith_sweep.data import vocab
 from catsith_sweep.data.metadata import load_metadata
 from catsith_sweep.data.synth import contact_sheet, rotate_labels, synth_dataset
+from catsith_sweep.data.synth_styles import HANDHELD_SHADES
 from catsith_sweep.data.validate import validate_dataset
 from catsith_sweep.errors import DatasetError
 
@@ -128,3 +129,34 @@ def test_contact_sheet(synth: Path, tmp_path: Path) -> None:
     sheet = Image.open(tmp_path / "sheet.png")
     rows = 12 + -(-26 // 8)  # one row per ship, then the single sprites 8 to a row
     assert sheet.size == (8 * 68 + 4, rows * 68 + 4)
+
+
+def test_handheld_style_recolours_the_same_designs(tmp_path: Path, synth: Path) -> None:
+    styled = tmp_path / "handheld"
+    synth_dataset(styled, seed=0, size=32, variants=2, style="handheld")
+    validate_dataset(styled)
+    shades = {tuple(int(c) for c in rgb) for rgb in HANDHELD_SHADES}
+    for name in ("ship_fighter_v0_3.png", "projectile_plasma_v1.png", "environment_planet_v0.png"):
+        plain = np.asarray(Image.open(synth / "images" / name))
+        green = np.asarray(Image.open(styled / "images" / name))
+        assert (plain[..., 3] == green[..., 3]).all(), "a style changes colours, never shapes"
+        used = {tuple(int(c) for c in px) for px in green[green[..., 3] > 0][:, :3]}
+        assert used <= shades and len(used) >= 2, used
+    meta = load_metadata(styled)
+    assert meta.style == "pixel_art_handheld"
+    caption = (styled / "captions" / "ship_fighter_v0_3.txt").read_text().strip()
+    assert caption.endswith("transparent background, handheld style")
+    assert "green colored" in caption  # the colour word follows the recoloured hull, not the design's
+    with pytest.raises(DatasetError, match="synth style 'neon' is unknown; expected one of: 16bit, handheld"):
+        synth_dataset(tmp_path / "neon", size=32, variants=1, style="neon")
+
+
+def test_cached_synth_set_per_style(tmp_path: Path) -> None:
+    from catsith_sweep.config.schema import DataSection
+    from catsith_sweep.data.source import dataset_root
+
+    plain = dataset_root(DataSection(synth_variants=1, resolution=16), tmp_path)
+    styled = dataset_root(DataSection(synth_variants=1, resolution=16, synth_style="handheld"), tmp_path)
+    assert plain.name == "seed0-v1-16px"  # the builtin base's cached set keeps its folder
+    assert styled.name == "seed0-v1-16px-handheld"
+    assert load_metadata(styled).style == "pixel_art_handheld" and load_metadata(plain).style == "pixel_art_16bit"

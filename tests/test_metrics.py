@@ -275,3 +275,20 @@ def test_backends_are_checked(net: Any, sprites: Any) -> None:
         pytest.skip("official metrics are installed here")
     with pytest.raises(UserInputError, match="official-metrics"):
         compute_image_metrics(x, x, backend="inception", net=net)
+
+
+def test_palette_distance(sprites: Any, heldout: Any) -> None:
+    from catsith_sweep.metrics.scores import palette_distance
+
+    real = sprites.images
+    assert palette_distance(real, real) == 0.0
+    same_style = palette_distance(real, heldout.images)
+    swapped = palette_distance(real, heldout.images[:, [2, 0, 1, 3]])
+    transparent_noise = real.clone()
+    transparent_noise[:, :3] = torch.where(real[:, 3:] < 0.5, torch.rand_like(real[:, :3]), real[:, :3])
+    assert same_style < 0.35 < swapped <= 1.0, (same_style, swapped)
+    assert palette_distance(real, transparent_noise) == 0.0  # only opaque pixels count
+    with pytest.raises(ValueError, match=r"`1 <= bits <= 8` must hold, but got bits=9"):
+        palette_distance(real, real, bits=9)
+    with pytest.raises(ValueError, match="needs RGBA"):
+        palette_distance(real[:, :3], real[:, :3])

@@ -245,6 +245,20 @@ def test_half_precision_on_cpu_is_refused(tiny_base: Path, catsith_cache: Path, 
     assert D.resolve_dtype("no", torch.device("cpu")) == torch.float32
 
 
+@pytest.mark.parametrize("targets,message", [
+    (["proj_in"], "only LoRA on Linear layers can be exported"),  # a Conv2d in this UNet
+    (["no_such_module"], "no_such_module"),
+])
+def test_lora_targets_are_refused_at_setup(tiny_base: Path, catsith_cache: Path, tmp_path: Path,
+                                           targets: list[str], message: str) -> None:
+    from catsith_sweep.errors import ConfigError
+
+    exp = lora_experiment(tiny_base, catsith_cache, lora={"target_modules": targets})
+    with pytest.raises(ConfigError, match=message) as info:
+        LoraTrainer(exp, tmp_path).setup()
+    assert str(info.value).startswith(f"lora.target_modules {targets}:")
+
+
 def test_device_auto(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert D.resolve_device("auto").type == expected

@@ -1,5 +1,5 @@
 """Where a trial's sprites come from: the user's dataset folder, or the builtin synthetic set,
-generated once per (seed, variants, size) into the cache and reused by every trial."""
+generated once per (seed, variants, size, style) into the cache and reused by every trial."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
         return Path(data.path)
     from catsith_sweep.data.synth import synth_dataset
 
+    style = "" if data.synth_style == "16bit" else f"-{data.synth_style}"  # 16bit keeps its old folder
     root = (cache_dir or default_cache_dir()) / "synth" / (
-        f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px")
+        f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px{style}")
     if (root / "metadata.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,8 @@ def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "metadata.json").is_file():
-            synth_dataset(root, seed=data.synth_seed, size=data.resolution, variants=data.synth_variants)
+            synth_dataset(root, seed=data.synth_seed, size=data.resolution, variants=data.synth_variants,
+                          style=data.synth_style)
     return root
 
 

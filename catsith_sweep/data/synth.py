@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw
 
 from catsith_sweep.data import vocab
 from catsith_sweep.data.captions import write_captions
-from catsith_sweep.data.metadata import IMAGES_DIR, Entity, Metadata, write_metadata
+from catsith_sweep.data.metadata import IMAGES_DIR, Captions, Entity, Metadata, write_metadata
+from catsith_sweep.data.synth_styles import SynthStyle, get_style
 from catsith_sweep.data.validate import DatasetReport, validate_dataset
 from catsith_sweep.errors import DatasetError
 
@@ -417,8 +418,12 @@ def _base_color(category: str, kind: str, rng: np.random.Generator) -> tuple[int
     return vocab.BASE_COLORS[f"{category}/{kind}"]
 
 
+def _restyle(style: SynthStyle, table: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(style.recolour(np.asarray(table, dtype=float))), 0, 255).astype(np.uint8)
+
+
 def _write_category(images: Path, category: str, painters: dict[str, Painter], seed: int, size: int,
-                    variants: int) -> list[Entity]:
+                    variants: int, style: SynthStyle) -> list[Entity]:
     """Paint and save every variant of every kind of a category; ships in 8 directions."""
     directions = vocab.DIRECTIONS_BY_CATEGORY[category]
     prefix = "ship" if category == "vehicle" else category
@@ -430,7 +435,7 @@ def _write_category(images: Path, category: str, painters: dict[str, Painter], s
             # The painted hull: the base colour a little lighter or darker per variant.
             shade = rng.uniform(0.9, 1.1)
             r, g, b = (min(255, round(c * shade)) for c in base)
-            colours = palette((r, g, b), ACCENTS[int(rng.integers(len(ACCENTS)))])
+            colours = _restyle(style, palette((r, g, b), ACCENTS[int(rng.integers(len(ACCENTS)))]))
             canvas = Canvas(_grid_for(size))
             painter(canvas, rng)
             files = []
@@ -440,19 +445,26 @@ def _write_category(images: Path, category: str, painters: dict[str, Painter], s
                 Image.fromarray(render(labels, colours, size), "RGBA").save(images / name, format="PNG")
                 files.append(name)
             entities.append(Entity(id=f"{prefix}_{kind}_v{v}", category=category, kind=kind,
-                                   directions=directions, base_color=base, files=files))
+                                   directions=directions, files=files,
+                                   base_color=tuple(int(c) for c in _restyle(style, np.array([base]))[0])))
     return entities
 
 
-def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3) -> DatasetReport:
+def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3,
+                  style: str = "16bit") -> DatasetReport:
     """Write the procedural exospace set to `out` (which must not exist, or be an empty folder).
 
     6 ship kinds x `variants` designs x 8 directions, 6 projectile and 7 environment kinds x
-    `variants`. Same seed, size and variants give the same bytes. The set is built in a temporary
-    folder beside `out` and renamed into place, so `out` is either complete or absent.
+    `variants`, coloured and captioned in `style` (see synth_styles.py). Same arguments give the same
+    bytes. The set is built in a temporary folder beside `out` and renamed into place, so `out` is
+    either complete or absent.
     """
     out = Path(out)
     problems = []
+    try:
+        chosen = get_style(style)
+    except ValueError as exc:
+        problems.append(str(exc))
     if variants < 1:
         problems.append(f"variants {variants}: expected at least 1 design per kind")
     try:
@@ -468,8 +480,9 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
     try:
         (tmp / IMAGES_DIR).mkdir()
         entities = [entity for category, painters in PAINTERS.items()
-                    for entity in _write_category(tmp / IMAGES_DIR, category, painters, seed, size, variants)]
-        write_metadata(tmp, Metadata(version="1.0", style="pixel_art_16bit", entities=entities))
+                    for entity in _write_category(tmp / IMAGES_DIR, category, painters, seed, size, variants, chosen)]
+        write_metadata(tmp, Metadata(version="1.0", style=chosen.metadata_style, entities=entities,
+                                     captions=Captions(style_suffix=chosen.caption_suffix)))
         write_captions(tmp)
         validate_dataset(tmp, size=size)  # a bug here must never reach a training run
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700

@@ -22,7 +22,7 @@ from catsith_sweep.metrics.features import (
     make_kid,
     sprite_lpips,
 )
-from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, upscale_nearest
+from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
 from catsith_sweep.models.sprite_net import SpriteNet, classify
 
 # KID's subset size (torchmetrics' default), capped by the sample counts (torchmetrics refuses a larger
@@ -151,3 +151,30 @@ def kind_accuracy(net: SpriteNet, images: torch.Tensor, target_kinds: torch.Tens
     """Share of sprites the sprite net classifies as their target kind (index in vocab.KIND_LABELS)."""
     targets = torch.as_tensor(target_kinds, dtype=torch.long).cpu()
     return _accuracy(classify(net, images)["kind"], targets)
+
+
+def palette_distance(real: torch.Tensor, fake: torch.Tensor, *, bits: int = 3) -> float:
+    """How far the colours of `fake` sprites are from those of `real` ones, in [0, 1].
+
+    Pixel art is judged by its palette; the sprite network is trained to tell kinds and directions
+    apart, not palettes, so its FID weighs colour only indirectly. This is the total-variation
+    distance between the two sets' colour histograms: opaque pixels only (alpha >= 0.5), RGB cut to
+    `bits` bits per channel. 0 means the same colour distribution, 1 means no colour in common.
+    """
+    _check_images("real", real)
+    _check_images("fake", fake)
+    if real.shape[1] != 4 or fake.shape[1] != 4:
+        raise ValueError("palette_distance needs RGBA images (N, 4, H, W)")
+    if not 1 <= bits <= 8:
+        raise ValueError(f"`1 <= bits <= 8` must hold, but got bits={bits}")
+    return float(0.5 * (_colour_histogram(real, bits) - _colour_histogram(fake, bits)).abs().sum())
+
+
+def _colour_histogram(images: torch.Tensor, bits: int) -> torch.Tensor:
+    images = to_float_images(images).detach().cpu()
+    levels = 1 << bits
+    opaque = images[:, 3] >= 0.5
+    rgb = (images[:, :3].clamp(0, 1) * (levels - 1)).round().long()
+    codes = (rgb[:, 0] * levels + rgb[:, 1]) * levels + rgb[:, 2]
+    counts = torch.bincount(codes[opaque], minlength=levels ** 3).float()
+    return counts / counts.sum().clamp(min=1)

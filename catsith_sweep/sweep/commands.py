@@ -13,8 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from catsith_sweep.errors import UserInputError
-
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -23,12 +21,10 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     from catsith_sweep.data.source import dataset_root
     from catsith_sweep.data.validate import validate_dataset
     from catsith_sweep.models.base_source import base_location, builtin_ready
-    from catsith_sweep.trainers import NEEDS_BASE, TRAINERS
+    from catsith_sweep.trainers import NEEDS_BASE, require_implemented
 
     exp = loaded.experiment
-    if exp.trainer not in TRAINERS:
-        raise UserInputError(f"{loaded.path}: trainer `{exp.trainer}` is not implemented yet; "
-                             f"available: {', '.join(sorted(TRAINERS))}")
+    require_implemented(exp, loaded.path)
     if exp.data.path is not None:
         report = str(validate_dataset(Path(exp.data.path)))
     else:

@@ -110,6 +110,14 @@ def trial_env() -> dict[str, str]:
     return env
 
 
+def quiet_driver() -> None:
+    """Keep Optuna's study notices out of the driver's terminal, which shows the plan, the table and
+    the summary (the CLI already quiets transformers, diffusers and progress bars)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def budget_evaluations(loaded: LoadedExperiment) -> int:
     exp = loaded.experiment
     steps = exp.train.max_steps or 0
@@ -130,6 +138,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     sweep_dir = find_resumable(runs_dir, fingerprint)
     if resume and sweep_dir is None:
         raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
+    quiet_driver()
     dataset_dir = prepare(exp, log=log)
     from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
 

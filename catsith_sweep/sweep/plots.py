@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
     from optuna.visualization import matplotlib as ovm
 
     if not loaded.space:
@@ -73,7 +75,9 @@ def optuna_plots(loaded: LoadedExperiment, rows: list[dict[str, Any]], out_dir: 
         plots.append(("param_importances.png", ovm.plot_param_importances))
     for name, plot in plots:
         try:
-            axes: Any = plot(study)
+            with warnings.catch_warnings():  # these plots are "experimental" in Optuna; the user can't act on it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes: Any = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # e.g. importances when every finished trial got the same params
         figure: Any = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure

@@ -3,6 +3,7 @@ its reports to Ray Tune (evaluations and checkpoints) and to MLflow (everything)
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -42,6 +43,9 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
     from catsith_sweep.trainers.base import Report, run_trial
 
     os.environ.update(context.env)
+    # Ray logs every persisted checkpoint at INFO into the shared terminal; the progress table says enough.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     sampled = {**context.fixed_params, **decode_params(params)}
     experiment = apply_params(Experiment.model_validate(context.experiment), sampled)
     ray_context = tune.get_context()

@@ -23,6 +23,16 @@ TRAINERS: dict[str, str] = {
 }
 
 
+def require_implemented(experiment: Experiment, source: object) -> None:
+    """Refuse, as bad input naming `source` (the experiment file), a trainer the schema knows but
+    that has no implementation yet, so `validate` and `run --dry-run` say so before any trial starts."""
+    from catsith_sweep.errors import UserInputError
+
+    if experiment.trainer not in TRAINERS:
+        raise UserInputError(f"{source}: trainer `{experiment.trainer}` is not implemented yet; "
+                             f"available: {', '.join(sorted(TRAINERS))}")
+
+
 def make_trainer(experiment: Experiment, workdir: Path) -> Trainer:
     """Instantiate the experiment's trainer (cheap: heavy work waits for `setup`)."""
     target = TRAINERS.get(experiment.trainer)

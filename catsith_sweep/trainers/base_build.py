@@ -43,6 +43,9 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
         workdir = Path(tmp)
 
         def report(r: Report) -> None:
+            if r.final:  # repeats the last evaluation's metrics, adding the exports
+                log(f"[{time.monotonic() - started:6.0f}s] exported: {', '.join(sorted(r.exports))}")
+                return
             shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
             log(f"[{time.monotonic() - started:6.0f}s] step {r.step}: {shown}")
 

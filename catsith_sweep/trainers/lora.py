@@ -16,6 +16,7 @@ import torch
 
 from catsith_sweep.config.schema import Experiment, LoraSection
 from catsith_sweep.data.source import open_dataset
+from catsith_sweep.errors import UserInputError
 from catsith_sweep.models.base_source import load_base
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
@@ -48,11 +49,7 @@ class LoraTrainer:
         self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
         for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
             module.requires_grad_(False).to(self.device)
-        self.parts.unet.add_adapter(self._lora_config(list(self.cfg.target_modules)))
-        if self.cfg.train_text_encoder:
-            # transformers 5's own add_adapter demands peft >= 0.22; inject directly, as diffusers does.
-            self.parts.text_encoder = inject_adapter_in_model(self._lora_config(TEXT_TARGETS),
-                                                              self.parts.text_encoder)
+        self._add_adapters(inject_adapter_in_model)
         if train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         self.params = [p for m in (self.parts.unet, self.parts.text_encoder) for p in m.parameters()
@@ -63,6 +60,23 @@ class LoraTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self._can_cache() else None
+
+    def _add_adapters(self, inject_adapter_in_model: Any) -> None:
+        """Adapters on the UNet (and text encoder), refused now rather than after the whole budget when
+        `lora.target_modules` matches nothing or layers the exports cannot hold (convolutions)."""
+        from catsith_sweep.errors import ConfigError
+        from catsith_sweep.export.lora_formats import lora_layers
+
+        targets = list(self.cfg.target_modules)
+        try:
+            self.parts.unet.add_adapter(self._lora_config(targets))
+            if self.cfg.train_text_encoder:
+                # transformers 5's own add_adapter demands peft >= 0.22; inject directly, as diffusers does.
+                self.parts.text_encoder = inject_adapter_in_model(self._lora_config(TEXT_TARGETS),
+                                                                  self.parts.text_encoder)
+            lora_layers(self.parts.unet, self.parts.text_encoder if self.cfg.train_text_encoder else None)
+        except (ValueError, UserInputError) as exc:
+            raise ConfigError(f"lora.target_modules {targets}: {exc}") from exc
 
     def _lora_config(self, targets: list[str]) -> Any:
         from peft import LoraConfig

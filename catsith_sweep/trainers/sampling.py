@@ -69,7 +69,12 @@ def save_samples_tensors(path: Path, images: torch.Tensor, reference: torch.Tens
 def evaluate_samples(parts: DiffusionParts, dataset: Any, experiment: Experiment, out_dir: Path,
                      prompts: list[str], step: int, device: torch.device) -> Evaluation:
     """Generate the grid and the metric set; return their metrics and the grid's path."""
-    from catsith_sweep.metrics.scores import compute_image_metrics, direction_accuracy, kind_accuracy
+    from catsith_sweep.metrics.scores import (
+        compute_image_metrics,
+        direction_accuracy,
+        kind_accuracy,
+        palette_distance,
+    )
 
     ev = experiment.eval
     grid_images = D.generate(parts, prompts, ev.seeds, steps=ev.num_inference_steps,
@@ -88,4 +93,5 @@ def evaluate_samples(parts: DiffusionParts, dataset: Any, experiment: Experiment
     metrics = compute_image_metrics(dataset.images, fake, backend=ev.feature_extractor, net=net)
     metrics["kind_accuracy"] = kind_accuracy(net, fake, dataset.kinds[subset])
     metrics["direction_accuracy"] = direction_accuracy(net, fake, dataset.directions[subset])
+    metrics["palette_distance"] = palette_distance(dataset.images, fake)
     return Evaluation(step, {k: float(v) for k, v in metrics.items()}, {"samples": grid})
