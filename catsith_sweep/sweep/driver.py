@@ -116,6 +116,9 @@ def quiet_driver() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Every evaluation is a checkpoint, so Tune snapshots its state often; on a local storage path that
+    # costs milliseconds, yet Tune warns about it every few seconds.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def budget_evaluations(loaded: LoadedExperiment) -> int:
