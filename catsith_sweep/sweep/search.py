@@ -25,6 +25,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if result.get(FAILED) or any(not _finite(result.get(m)) for m in metrics):
             return
+        if result.get(FINISHED):  # the final report repeats the last evaluation's step and values
+            return
         if not isinstance(self.metric, list) and trial_id in self._ot_trials:
             self._ot_trials[trial_id].report(float(result[self.metric]), int(result.get(STEP, 0)))
 
