@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from catsith_sweep import tracking
 
     uri = args.tracking_uri or tracking.DEFAULT_URI
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    # This interpreter's mlflow, not whatever `mlflow` is on PATH (none, when .venv isn't activated).
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
     out.print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
     process = subprocess.Popen(command, start_new_session=True,
                                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
