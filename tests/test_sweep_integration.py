@@ -102,6 +102,7 @@ def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None
 
     board = _cli(cwd, cache, "leaderboard", "it_sweep")
     assert board.returncode == 0 and "failed" in board.stdout and "finished" in board.stdout
+    assert parents[0]["catsith.best_run_id"] in board.stdout  # whole, so it can be pasted into --run-id
 
 
 def test_interrupted_sweep_resumes_without_duplicates(workspace: tuple[Path, Path], tiny_base: Path) -> None:

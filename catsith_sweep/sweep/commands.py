@@ -96,15 +96,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     rows = trial_rows(uri, experiment_id, parent.info.run_id, metrics)
     ranked = rank(rows, metrics[0], modes[0])
     table = Table(title=f"{args.experiment_name}: {parent.info.run_name} ({metrics[0]}, {modes[0]})")
-    for column in ("rank", "trial", "outcome", metrics[0], "params", "run id"):
+    for column in ("rank", "trial", "outcome", metrics[0]):
+        table.add_column(column, no_wrap=True)
+    for column in ("params", "run id"):  # folded when narrow, never cut: a run id is copied into --run-id
         table.add_column(column, overflow="fold")
     for row in [*ranked, *[r for r in rows if r not in ranked]]:
         value = row.get(metrics[0])
         table.add_row(str(ranked.index(row) + 1) if row in ranked else "-", row["trial"], row["outcome"],
                       f"{value:.5g}" if isinstance(value, float) else "",
-                      escape(", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))), row["run_id"])
-    out.print(table)
+                      escape("\n".join(f"{k}={_short(v)}" for k, v in sorted(row["params"].items()))),
+                      row["run_id"])
+    # A pipe or log file has no width to respect; rich would assume 80 columns and fold every cell.
+    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
     return 0
+
+
+def _short(value: object) -> str:
+    """A param as a person reads it: floats to 4 significant digits (MLflow stores params as text)."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        return str(value)
+    return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
