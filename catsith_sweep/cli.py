@@ -111,6 +111,8 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
 
 
 def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
+    from catsith_sweep.data.synth_styles import STYLES  # numpy only: cheap for every command
+
     dataset = sub.add_parser("dataset", help="sprite dataset tools").add_subparsers(dest="dataset_cmd",
                                                                                    required=True)
     p = dataset.add_parser("validate", help="check a dataset folder, listing every problem")
@@ -125,8 +127,8 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--variants", type=int, default=3, help="designs per kind")
-    p.add_argument("--style", choices=["16bit", "handheld"], default="16bit",
-                   help="art style: 16bit (the base's) or handheld (four greens)")
+    p.add_argument("--style", choices=list(STYLES), default="16bit",
+                   help="art style: 16bit (the builtin base's) or handheld (four greens)")
     p.add_argument("--contact-sheet", default=None, help="also write a PNG contact sheet here")
     p.set_defaults(func=cmd_dataset_synth)
     p = dataset.add_parser("import-sheet", help="cut a sprite sheet into the dataset layout")

@@ -160,3 +160,13 @@ def test_cached_synth_set_per_style(tmp_path: Path) -> None:
     assert plain.name == "seed0-v1-16px"  # the builtin base's cached set keeps its folder
     assert styled.name == "seed0-v1-16px-handheld"
     assert load_metadata(styled).style == "pixel_art_handheld" and load_metadata(plain).style == "pixel_art_16bit"
+
+
+def test_config_and_cli_know_every_style() -> None:
+    import typing
+
+    from catsith_sweep.config.schema import DataSection
+    from catsith_sweep.data.synth_styles import STYLES
+
+    annotation = DataSection.model_fields["synth_style"].annotation
+    assert list(typing.get_args(annotation)) == list(STYLES)

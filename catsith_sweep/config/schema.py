@@ -60,8 +60,8 @@ class DataSection(Section):
     synth_variants: int = Field(3, ge=1, le=20)
     """Designs per entity kind in the synthetic set."""
     synth_style: Literal["16bit", "handheld"] = "16bit"
-    """Art style of the synthetic set: `16bit` (what the builtin base is trained on) or `handheld`
-    (a four-shade green palette, a style for a LoRA to learn)."""
+    """Art style of the synthetic set (see data/synth_styles.py): `16bit` (what the builtin base is
+    trained on) or `handheld` (a four-shade green palette, for a style LoRA on a real base)."""
     resolution: int = Field(64, ge=8, le=1024)
     """Sprite size in pixels (square). CatSith's sprite preset is 64."""
     val_fraction: float = Field(0.15, ge=0, lt=1)

@@ -1,9 +1,10 @@
 """Art styles of the builtin synthetic sprite set.
 
 A style changes how the same designs are coloured and captioned, never their shapes or labels. The
-builtin base is trained on `16bit`; the other styles give a LoRA something real to learn (the guide's
-"quick style adaptation"): the demo sweep fits the base to `handheld`, a four-shade green palette in
-the manner of early handheld consoles, which the base has never drawn.
+builtin base is trained on `16bit`; `handheld`, a four-shade green palette in the manner of early
+handheld consoles, gives a style LoRA something real to learn (the guide's "quick style adaptation")
+on a base whose VAE can represent it. The builtin base's tiny VAE cannot: it decodes those greens as
+the oranges and browns it was trained on, which is why the demo sweep does not use this style.
 """
 
 from __future__ import annotations
