@@ -161,10 +161,9 @@ def palette_distance(real: torch.Tensor, fake: torch.Tensor, *, bits: int = 3) -
     distance between the two sets' colour histograms: opaque pixels only (alpha >= 0.5), RGB cut to
     `bits` bits per channel. 0 means the same colour distribution, 1 means no colour in common.
     """
-    _check_images("real", real)
-    _check_images("fake", fake)
-    if real.shape[1] != 4 or fake.shape[1] != 4:
-        raise ValueError("palette_distance needs RGBA images (N, 4, H, W)")
+    for name, images in (("real", real), ("fake", fake)):
+        if images.dim() != 4 or images.shape[1] != 4 or images.shape[0] < 1:
+            raise ValueError(f"{name}: palette_distance needs RGBA images (N, 4, H, W), got {tuple(images.shape)}")
     if not 1 <= bits <= 8:
         raise ValueError(f"`1 <= bits <= 8` must hold, but got bits={bits}")
     return float(0.5 * (_colour_histogram(real, bits) - _colour_histogram(fake, bits)).abs().sum())
