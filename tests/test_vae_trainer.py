@@ -100,10 +100,11 @@ def test_run_trial_vae_metrics_grid_and_checked_onnx(catsith_cache: Path, tmp_pa
     for r in evals:
         for key in ("recon_mse", "psnr", "sprite_lpips", "kl", "sprite_fid_prior", "sprite_kid_prior",
                     "sprite_lpips_prior", "direction_consistency", "direction_consistency_ratio",
-                    "active_latents"):
+                    "active_latents", "palette_distance", "palette_distance_prior"):
             assert key in r.metrics and np.isfinite(r.metrics[key]), key
         assert "sprite_fid" not in r.metrics  # no LoRA metric name with another meaning
         assert 0 < r.metrics["recon_mse"] < 1 and r.metrics["psnr"] > 0 and r.metrics["kl"] >= 0
+        assert 0 <= r.metrics["palette_distance"] <= 1 and 0 <= r.metrics["palette_distance_prior"] <= 1
         samples = r.images["samples"]
         with Image.open(samples) as grid:
             assert grid.format == "PNG" and grid.height > 3 * 128  # three rows of 64 px sprites drawn at 128

@@ -10,11 +10,12 @@ and its weights are not a dependency, and ImageNet features judge 64 px pixel ar
 Metric names (never a LoRA metric name with another meaning):
 - `recon_mse` (per-pixel mean over RGBA), `psnr` (dB, per image, averaged), `sprite_lpips` (each
   reconstruction against its input, paired), `kl` (nats per image), `active_latents` (latent dims whose
-  posterior mean varies over the data by > 0.01, Burda et al.): on the held-out entities (the validation
-  split; the whole set when it is empty). Reconstructions decode the posterior mean.
+  posterior mean varies over the data by > 0.01, Burda et al.), `palette_distance` (colour histograms of
+  reconstructions against inputs, 0 to 1): on the held-out entities (the validation split; the whole set
+  when it is empty). Reconstructions decode the posterior mean.
 - `sprite_fid_prior`, `sprite_kid_prior`, `sprite_kid_std_prior`, `sprite_lpips_prior` (each sample against
-  its nearest real sprite): `eval.num_metric_samples` images decoded from fixed N(0, I) latents against
-  the whole dataset.
+  its nearest real sprite), `palette_distance_prior`: `eval.num_metric_samples` images decoded from fixed
+  N(0, I) latents against the whole dataset.
 - `direction_consistency`: the direction term over every entity's latent means (mean within-entity
   variance; lower is more consistent) and `direction_consistency_ratio`: the same divided by the latents'
   overall variance, which a collapsed (tiny) latent space cannot game.
@@ -217,7 +218,7 @@ class VaeTrainer:
     @torch.no_grad()
     def evaluate(self, out_dir: Path) -> Evaluation:
         from catsith_sweep.metrics.features import sprite_lpips
-        from catsith_sweep.metrics.scores import compute_image_metrics
+        from catsith_sweep.metrics.scores import compute_image_metrics, palette_distance
 
         self.model.eval()
         net = self.sprite_net()
@@ -230,11 +231,13 @@ class VaeTrainer:
         metrics["psnr"] = float((10 * torch.log10(1.0 / per_image.clamp(min=1e-10))).mean())
         metrics["sprite_lpips"] = float(sprite_lpips(net, recon, inputs).mean())
         metrics["kl"] = float((-0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(dim=1)).mean())
+        metrics["palette_distance"] = palette_distance(inputs, recon)
 
         prior = self._decode(self.prior_latents(self.exp.eval.num_metric_samples))
         scores = compute_image_metrics(self.dataset.images, prior, backend="sprite", net=net,
                                        seed=self.exp.train.seed)
         metrics.update({f"{key}_prior": value for key, value in scores.items()})
+        metrics["palette_distance_prior"] = palette_distance(self.dataset.images, prior)
 
         mu_all, _ = self._encode(self.dataset.images)
         metrics["active_latents"] = float((mu_all.var(dim=0) > ACTIVE_THRESHOLD).sum())
