@@ -16,7 +16,7 @@ import torch
 
 from catsith_sweep.config.schema import Experiment, LoraSection
 from catsith_sweep.data.source import open_dataset
-from catsith_sweep.errors import UserInputError
+from catsith_sweep.errors import ConfigError, UserInputError
 from catsith_sweep.models.base_source import load_base
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
@@ -37,8 +37,6 @@ class LoraTrainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from peft import inject_adapter_in_model
-
         train = self.exp.train
         torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
         self.device = D.resolve_device(train.device)
@@ -49,7 +47,7 @@ class LoraTrainer:
         self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
         for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
             module.requires_grad_(False).to(self.device)
-        self._add_adapters(inject_adapter_in_model)
+        self._add_adapters()
         if train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         self.params = [p for m in (self.parts.unet, self.parts.text_encoder) for p in m.parameters()
@@ -61,10 +59,11 @@ class LoraTrainer:
         self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self._can_cache() else None
 
-    def _add_adapters(self, inject_adapter_in_model: Any) -> None:
+    def _add_adapters(self) -> None:
         """Adapters on the UNet (and text encoder), refused now rather than after the whole budget when
         `lora.target_modules` matches nothing or layers the exports cannot hold (convolutions)."""
-        from catsith_sweep.errors import ConfigError
+        from peft import inject_adapter_in_model
+
         from catsith_sweep.export.lora_formats import lora_layers
 
         targets = list(self.cfg.target_modules)
