@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from catsith_sweep.data.metadata import (
-    CAPTIONS_DIR,
     DEFAULT_STYLE_PREFIX,
     DEFAULT_STYLE_SUFFIX,
     Entity,
+    caption_path,
     load_metadata,
 )
+from catsith_sweep.data.validate import entity_problems
 from catsith_sweep.data.vocab import DIRECTION_NAMES
 from catsith_sweep.errors import DatasetError
 from catsith_sweep.io import atomic_write_bytes
@@ -68,20 +69,12 @@ def generate_caption(entity: Entity | Mapping[str, Any], direction: int, *,
     return ", ".join(parts)
 
 
-def caption_path(root: Path, file_name: str) -> Path:
-    """captions/<file name with .txt>: mirrors images/, subfolders included."""
-    return Path(root) / CAPTIONS_DIR / Path(file_name).with_suffix(".txt")
-
-
 def write_captions(root: Path) -> int:
     """(Re)write captions/*.txt for every file listed in metadata.json, atomically; returns the count.
 
     Hand-written captions are overwritten: the generator's wording is what CatSith prompts with.
     Refuses (DatasetError) when metadata.json or an entity in it is invalid.
     """
-    # Imported here: validate imports this module for caption paths.
-    from catsith_sweep.data.validate import entity_problems
-
     root = Path(root)
     meta = load_metadata(root)
     problems = entity_problems(meta)

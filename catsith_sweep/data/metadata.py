@@ -23,6 +23,11 @@ CAPTIONS_DIR = "captions"
 DEFAULT_STYLE_PREFIX = "pixel art game sprite, "
 DEFAULT_STYLE_SUFFIX = ", transparent background, 16-bit retro style"
 
+
+def caption_path(root: Path, file_name: str) -> Path:
+    """captions/<file name with .txt>: mirrors images/, subfolders included."""
+    return Path(root) / CAPTIONS_DIR / Path(file_name).with_suffix(".txt")
+
 # Strict ints: a colour written as 0.5 or "64" is a mistake to report, not to coerce.
 Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
 

@@ -3,11 +3,12 @@ generated once per (seed, variants, size, style) into the cache and reused by ev
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 from typing import Any
 
-from catsith_sweep.models.builtin import default_cache_dir
+from catsith_sweep.data.metadata import METADATA_NAME
+from catsith_sweep.io import file_lock
+from catsith_sweep.layout import SYNTH_DIR, cache_root
 
 
 def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
@@ -17,15 +18,13 @@ def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
     from catsith_sweep.data.synth import synth_dataset
 
     style = "" if data.synth_style == "16bit" else f"-{data.synth_style}"  # 16bit keeps its old folder
-    root = (cache_dir or default_cache_dir()) / "synth" / (
+    root = cache_root(cache_dir) / SYNTH_DIR / (
         f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px{style}")
-    if (root / "metadata.json").is_file():
+    if (root / METADATA_NAME).is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent trials on one machine: one builds, the others wait and then reuse it.
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "metadata.json").is_file():
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if not (root / METADATA_NAME).is_file():
             synth_dataset(root, seed=data.synth_seed, size=data.resolution, variants=data.synth_variants,
                           style=data.synth_style)
     return root

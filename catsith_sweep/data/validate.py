@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.captions import caption_path
 from catsith_sweep.data.metadata import (
     IMAGES_DIR,
     METADATA_NAME,
     Metadata,
+    caption_path,
     parse_metadata,
     raw_listing,
     read_metadata_json,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from catsith_sweep.data.pixels import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
 from catsith_sweep.metrics.features import (
     FeatureBackend,
     backend_prefix,
@@ -22,7 +23,6 @@ from catsith_sweep.metrics.features import (
     make_kid,
     sprite_lpips,
 )
-from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
 from catsith_sweep.models.sprite_net import SpriteNet, classify
 
 # KID's subset size (torchmetrics' default), capped by the sample counts (torchmetrics refuses a larger

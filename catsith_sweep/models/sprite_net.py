@@ -7,21 +7,16 @@ features replace Inception's in FID/KID, its intermediate maps replace AlexNet's
 heads give the sprite-domain scores (does a generated fighter look like a fighter, facing the right way?).
 
 Input decision: three channels, RGBA composited over the game's black background
-(`metrics.images.DEFAULT_BACKGROUND`). Metrics then see what a player sees, FID real/fake inputs have
+(`data.pixels.DEFAULT_BACKGROUND`). Metrics then see what a player sees, FID real/fake inputs have
 the same (N, 3, H, W) form as the official Inception backend, and RGBA callers are composited here.
 The net is saved as safetensors + JSON config (never pickle) and cached per dataset fingerprint.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from catsith_sweep.data import vocab
-from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
+from catsith_sweep.data.pixels import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
+from catsith_sweep.io import atomic_path, atomic_write_json, file_lock, staged_dir
+from catsith_sweep.layout import SPRITE_NETS_DIR
 
 FORMAT_NAME = "catsith-sprite-net"
 # Bump when the architecture or training recipe changes: cached nets of another recipe are retrained.
@@ -293,26 +290,13 @@ def classify(net: SpriteNet, images: torch.Tensor, *, batch_size: int = 256) -> 
     return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in preds.items()}
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_sprite_net(net: SpriteNet, directory: str | Path) -> Path:
     """Write `model.safetensors` and `config.json` into `directory` (each file atomically)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
-    payload = {"format": FORMAT_NAME, "config": asdict(net.config)}
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    _write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(directory / CONFIG_FILE, {"format": FORMAT_NAME, "config": asdict(net.config)}, sort_keys=True)
     return directory
 
 
@@ -361,16 +345,6 @@ def _usable_cache(directory: Path) -> SpriteNet | None:
     return net
 
 
-def _discard(directory: Path) -> None:
-    """Remove a stale cache entry: rename it aside first so no reader sees it half-deleted."""
-    trash = directory.with_name(f".old-{directory.name}-{uuid.uuid4().hex}")
-    try:
-        os.replace(directory, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def sprite_net_for_dataset(
     dataset_root: str | Path,
     cache_dir: str | Path,
@@ -390,22 +364,17 @@ def sprite_net_for_dataset(
     from catsith_sweep.data.dataset import fingerprint
 
     dataset_root = Path(dataset_root)
-    nets = Path(cache_dir) / "sprite_nets"
+    nets = Path(cache_dir) / SPRITE_NETS_DIR
     final = nets / fingerprint(dataset_root)
     cached = _usable_cache(final)
     if cached is not None:
         return cached.to(device)
-    nets.mkdir(parents=True, exist_ok=True)
-    with open(nets / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(nets / f".{final.name}.lock"):
         cached = _usable_cache(final)  # another trial may have trained it while we waited
         if cached is not None:
             return cached.to(device)
         images, cats, kinds, dirs = _load_labelled(dataset_root)
         net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
-        tmp = nets / f".tmp-{final.name}-{uuid.uuid4().hex}"
-        save_sprite_net(net, tmp)
-        if final.exists():
-            _discard(final)
-        os.rename(tmp, final)
+        with staged_dir(final) as staging:  # replaces a stale entry in one rename
+            save_sprite_net(net, staging)
     return net

@@ -42,7 +42,7 @@ from catsith_sweep.registry import (
     write_package,
 )
 from catsith_sweep.registry.manifest import hash_hex
-from catsith_sweep.registry.package import _common_alpha  # the alpha fold write_package applies
+from catsith_sweep.registry.package import common_alpha  # the alpha fold write_package applies
 
 PEFT_FILE = "pytorch_lora_weights.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -190,7 +190,7 @@ def free_name(registry: Path, name: str, category: Category, layers: list[LoraLa
     for info in list_packages(registry):
         if info.name is not None and info.hash_hex is not None:
             hashes.setdefault(info.name, set()).add(info.hash_hex)
-    weights = encode_weights_bin(_common_alpha(layers)[1])
+    weights = encode_weights_bin(common_alpha(layers)[1])
     candidate, n = name, 1
     while candidate in hashes and hash_hex(package_hash(candidate, category, weights)) not in hashes[candidate]:
         n += 1

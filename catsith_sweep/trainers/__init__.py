@@ -49,7 +49,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print) -> Path:
     build the builtin base if a trainer that fine-tunes one needs it, so trials never race to do it.
     Returns the dataset folder."""
     from catsith_sweep.data.source import dataset_root
-    from catsith_sweep.models.base_source import ensure_builtin
+    from catsith_sweep.trainers.base_build import ensure_builtin
 
     root = dataset_root(experiment.data, experiment.model.cache_dir)
     if experiment.trainer in NEEDS_BASE:
