@@ -22,8 +22,9 @@ from rich.markup import escape
 
 from catsith_sweep.errors import UserInputError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: user text such as `root:x:0` must print as written, not with `:x:` turned into an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

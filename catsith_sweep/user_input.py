@@ -1,0 +1,109 @@
+"""Reading files the user points us at, within bounds: a config, metadata.json, a manifest.
+
+Every reader here refuses what would hang or exhaust the process, with a message that names the file:
+a FIFO or device instead of a file (reading it blocks forever), a file larger than the format ever
+needs, JSON nested deeper than any real document, numbers with thousands of digits, NaN/Infinity
+(serde and CatSith refuse them; no field of ours means "infinite").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+MAX_JSON_DEPTH = 64
+MAX_INT_DIGITS = 40  # more than any u64 or seed; Python refuses above 4300 digits anyway
+
+
+class UnreadableFile(Exception):
+    """Why a user file cannot be read; the message does not repeat the path (callers prefix it)."""
+
+
+def read_user_bytes(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; UnreadableFile says why not.
+
+    The file is opened non-blocking and checked with fstat, so a FIFO is refused instead of waited on,
+    and a file swapped for a FIFO between a stat and the open cannot slip through."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise UnreadableFile("file not found") from None
+    except IsADirectoryError:
+        raise UnreadableFile(f"is a folder; expected a {what}") from None
+    except ValueError:  # an embedded NUL byte
+        raise UnreadableFile("the path holds a NUL byte") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot open: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = f"is a folder; expected a {what}"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = f"is not a regular file (a FIFO, socket or device); expected a {what}"
+    elif info.st_size > max_bytes:
+        problem = f"is {info.st_size:,} bytes; a {what} is at most {max_bytes:,} bytes"
+    if problem is not None:
+        os.close(fd)
+        raise UnreadableFile(problem)
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"is over {max_bytes:,} bytes; a {what} is at most {max_bytes:,} bytes")
+    return data
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"a number with {len(text.lstrip('-')):,} digits; expected at most {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} overflows to infinity; expected a finite number")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; expected a finite number")
+
+
+def loads_bounded_json(data: bytes | str) -> Any:
+    """json.loads that refuses NaN/Infinity, huge numbers and nesting deeper than MAX_JSON_DEPTH.
+
+    Raises ValueError (json.JSONDecodeError for syntax) with a one-line reason."""
+    depth, in_string, escaped = 0, False, False
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    # Depth is checked on the text before parsing: the C parser recurses once per level and would
+    # hit RecursionError (or worse, on a small stack) long before a limit we could check afterwards.
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels; expected a plain document")
+        elif char in "]}":
+            depth -= 1
+    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+def read_user_json(path: Path, *, max_bytes: int, what: str) -> Any:
+    """Read and parse a user's JSON file within bounds; UnreadableFile or ValueError say why not."""
+    data = read_user_bytes(path, max_bytes=max_bytes, what=what)
+    return loads_bounded_json(data)
