@@ -105,7 +105,7 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
         Path(args.sheet), Path(args.out), frame_size=args.frame_size, grid=args.grid, frames=args.frames,
         category=args.category, kind=args.kind, entity_id=args.id, directions=args.directions,
         color_key=args.color_key, size=args.size, counter_clockwise=args.counter_clockwise,
-        first_direction=args.first_direction,
+        first_direction=args.first_direction, warn=lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"),
     )
     out.print(f"imported {args.sheet} into {args.out}: {report}")
     return 0

@@ -13,7 +13,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 40  # more than any u64 or seed; Python refuses above 4300 digits anyway
@@ -23,8 +23,8 @@ class UnreadableFile(Exception):
     """Why a user file cannot be read; the message does not repeat the path (callers prefix it)."""
 
 
-def read_user_bytes(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; UnreadableFile says why not.
+def open_regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file") -> BinaryIO:
+    """An open binary handle on a regular file of at most `max_bytes`; UnreadableFile says why not.
 
     The file is opened non-blocking and checked with fstat, so a FIFO is refused instead of waited on,
     and a file swapped for a FIFO between a stat and the open cannot slip through."""
@@ -49,12 +49,17 @@ def read_user_bytes(path: str | os.PathLike[str], *, max_bytes: int, what: str =
     if problem is not None:
         os.close(fd)
         raise UnreadableFile(problem)
-    with os.fdopen(fd, "rb") as handle:
+    return os.fdopen(fd, "rb")
+
+
+def read_user_bytes(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see open_regular_file)."""
+    with open_regular_file(path, max_bytes=max_bytes, what=what) as handle:
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
+    if len(data) > max_bytes:  # it grew after the fstat
         raise UnreadableFile(f"is over {max_bytes:,} bytes; a {what} is at most {max_bytes:,} bytes")
     return data
 
