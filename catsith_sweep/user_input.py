@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from catsith_sweep.errors import shorten
+
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 40  # more than any u64 or seed; Python refuses above 4300 digits anyway
 
@@ -70,21 +72,23 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} overflows to infinity; expected a finite number")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON; expected a finite number")
+def _non_finite_path(value: Any) -> str | None:
+    """Key path (`weights.alpha`, `entities[2].base_color[0]`) of the first NaN/Infinity, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "(top level)"
+        if isinstance(node, dict):
+            stack += [(f"{path}.{shorten(k)}" if path else shorten(k), v) for k, v in reversed(node.items())]
+        elif isinstance(node, list):
+            stack += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(node)))]
+    return None
 
 
 def loads_bounded_json(data: bytes | str) -> Any:
-    """json.loads that refuses NaN/Infinity, huge numbers and nesting deeper than MAX_JSON_DEPTH.
-
-    Raises ValueError (json.JSONDecodeError for syntax) with a one-line reason."""
+    """json.loads that refuses NaN/Infinity (naming the key), huge numbers and nesting deeper than
+    MAX_JSON_DEPTH. Raises ValueError (json.JSONDecodeError for syntax) with a one-line reason."""
     depth, in_string, escaped = 0, False, False
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     # Depth is checked on the text before parsing: the C parser recurses once per level and would
@@ -105,7 +109,11 @@ def loads_bounded_json(data: bytes | str) -> Any:
                 raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels; expected a plain document")
         elif char in "]}":
             depth -= 1
-    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    value = json.loads(text, parse_int=_bounded_int)
+    where = _non_finite_path(value)
+    if where is not None:  # NaN, Infinity or an overflowing 1e999: serde and CatSith refuse them too
+        raise ValueError(f"{where}: not a finite number (NaN or Infinity); expected a finite number")
+    return value
 
 
 def read_user_json(path: Path, *, max_bytes: int, what: str) -> Any:
