@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from catsith_sweep.errors import shorten
+from catsith_sweep.errors import quote, shorten
 
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 40  # more than any u64 or seed; Python refuses above 4300 digits anyway
@@ -72,6 +72,16 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object without repeated keys (json keeps the last silently; serde refuses a duplicate field)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {quote(key)} in one object; keep one")
+        out[key] = value
+    return out
+
+
 def _non_finite_path(value: Any) -> str | None:
     """Key path (`weights.alpha`, `entities[2].base_color[0]`) of the first NaN/Infinity, or None."""
     stack: list[tuple[str, Any]] = [("", value)]
@@ -109,7 +119,7 @@ def loads_bounded_json(data: bytes | str) -> Any:
                 raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels; expected a plain document")
         elif char in "]}":
             depth -= 1
-    value = json.loads(text, parse_int=_bounded_int)
+    value = json.loads(text, parse_int=_bounded_int, object_pairs_hook=_unique_keys)
     where = _non_finite_path(value)
     if where is not None:  # NaN, Infinity or an overflowing 1e999: serde and CatSith refuse them too
         raise ValueError(f"{where}: not a finite number (NaN or Infinity); expected a finite number")

@@ -92,6 +92,9 @@ def _load_sheet(sheet: Path) -> np.ndarray:
             return _to_rgba(img)
     except DatasetError:
         raise
+    except Image.DecompressionBombError as exc:  # PIL refuses the header first above ~179 Mpx
+        raise DatasetError(f"{sheet}: the image is over {MAX_SHEET_PIXELS:,} pixels ({shorten(exc, limit=60)}); "
+                           "cut the sheet into smaller ones (it was not decoded)") from None
     except Exception as exc:  # PIL raises many types for unreadable files (DecompressionBombError too)
         raise DatasetError(f"{sheet}: cannot read as an image ({type(exc).__name__}: {shorten(exc, limit=100)}); "
                            "expected PNG, BMP, GIF, XPM or another format PIL opens") from None
@@ -122,7 +125,7 @@ def _key_auto(rgba: np.ndarray, fw: int, fh: int, cols: int, rows: int) -> float
         return 1.0  # the corner is already transparent: the sheet has real alpha
     distance = np.abs(rgba[..., :3].astype(np.int16) - rgba[0, 0, :3].astype(np.int16)).max(axis=-1)
     distance[rgba[..., 3] == 0] = 255  # already transparent: nothing to key
-    borders = _frame_borders(*distance.shape, fw, fh, cols, rows)
+    borders = _frame_borders(distance.shape[0], distance.shape[1], fw, fh, cols, rows)
     near_border = distance[borders] <= AUTO_KEY_TOLERANCE
     # A clean (lossless) background matches the key exactly: then so must every keyed pixel, and a dark
     # outline next to a black background survives. A noisy one (JPEG) is keyed within the tolerance.

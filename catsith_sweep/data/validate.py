@@ -47,6 +47,7 @@ MAX_SPRITE_SIDE = 1024  # the largest `data.resolution` a config accepts
 MAX_IMAGE_BYTES = 64 << 20  # a 1024 px RGBA PNG is at most ~4 MiB, even uncompressed
 MAX_CAPTION_BYTES = 64 << 10
 MAX_NAME_BYTES = 255  # per path component, as on every common file system
+MAX_PATH_BYTES = 1024
 _IHDR = struct.Struct(">I4sII")  # chunk length, b"IHDR", width, height
 ALLOWED_DIRECTIONS: dict[str, tuple[int, ...]] = {"vehicle": (8, 1), "projectile": (1,), "environment": (1,)}
 
@@ -93,6 +94,8 @@ def name_problem(name: str) -> str | None:
         return "holds control characters (a NUL byte, a newline, ...); expected a plain file name"
     if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
         return f"a path component is over {MAX_NAME_BYTES} bytes; expected names a file system can hold"
+    if len(name.encode("utf-8")) > MAX_PATH_BYTES:
+        return f"over {MAX_PATH_BYTES} bytes; expected a short name relative to images/"
     if "\\" in name or name != name.strip() or not name:
         return "expected a plain file name relative to images/ (no backslashes or surrounding spaces)"
     if path.is_absolute():
@@ -189,21 +192,26 @@ class _CheckedFile:
     problems: list[str] = field(default_factory=list)
 
 
-def _inside(root: Path, path: Path) -> tuple[bool, str]:
-    """Whether `path` (links followed) stays inside `root`, and where it points."""
-    target = path.resolve()
-    return target.is_relative_to(root.resolve()), shorten(target, limit=100)
+def _outside(root: Path, path: Path) -> str | None:
+    """None when `path` (links followed) stays inside `root`; else what is wrong, for a message."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        return f"cannot be followed ({shorten(exc, limit=100)})"
+    if target.is_relative_to(root.resolve()):
+        return None
+    return f"resolves to {shorten(target, limit=100)}, which leaves the dataset folder"
 
 
 def _check_file(root: Path, name: str, keep_pixels: bool) -> _CheckedFile:
     """Decode one listed image and read its caption, collecting every problem of both."""
     path = root / IMAGES_DIR / name
     checked = _CheckedFile()
-    inside, target = _inside(root, path)
+    outside = _outside(root, path)
     if not path.exists() and not path.is_symlink():
         checked.problems.append(f"images/{name}: missing (listed in {METADATA_NAME})")
-    elif not inside:
-        checked.problems.append(f"images/{name}: resolves to {target}, which leaves the dataset folder")
+    elif outside:
+        checked.problems.append(f"images/{name}: {outside}")
     else:
         checked.size, checked.pixels, why = _decode(path, keep_pixels)
         checked.image_ok = why is None
@@ -211,12 +219,11 @@ def _check_file(root: Path, name: str, keep_pixels: bool) -> _CheckedFile:
             checked.problems.append(f"images/{name}: {why}")
     cap = caption_path(root, name)
     rel = cap.relative_to(root).as_posix()
-    inside, target = _inside(root, cap)
+    outside = _outside(root, cap)
     if not cap.exists() and not cap.is_symlink():
         checked.problems.append(f"{rel}: missing caption for images/{name} (run `dataset caption` to generate)")
-    elif not inside:
-        checked.problems.append(f"{rel}: resolves to {target}, which leaves the dataset folder; a caption must "
-                                "be a file inside it")
+    elif outside:
+        checked.problems.append(f"{rel}: {outside}; a caption must be a file inside it")
     else:
         try:
             caption = read_user_bytes(cap, max_bytes=MAX_CAPTION_BYTES, what="caption").decode("utf-8").strip()
