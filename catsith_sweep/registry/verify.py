@@ -168,6 +168,8 @@ def _path_problem(pkg: Path, rel: str) -> str | None:
         return "holds control characters (a NUL byte, a newline, ...); expected a plain relative path"
     if len(rel.encode("utf-8")) > 1024:
         return "is over 1024 bytes; expected a short relative path"
+    if any(len(part.encode("utf-8")) > 255 for part in PurePosixPath(rel.replace("\\", "/")).parts):
+        return "has a component over 255 bytes; no file system holds such a name"
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
         return "is absolute; paths must be relative to the package"
     if ".." in PurePosixPath(rel.replace("\\", "/")).parts:  # CatSith may run on Windows: "\" too
