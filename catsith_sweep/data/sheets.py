@@ -83,13 +83,16 @@ def _load_sheet(sheet: Path) -> np.ndarray:
             raise DatasetError(f"{sheet}: missing sprite sheet") from None
         raise DatasetError(f"{sheet}: {exc}") from None
     try:
-        with handle, Image.open(handle) as img:
-            width, height = img.size
-            if width * height > MAX_SHEET_PIXELS:
-                raise DatasetError(f"{sheet}: {width}x{height} px is over {MAX_SHEET_PIXELS:,} pixels; cut the "
-                                   "sheet into smaller ones (it was not decoded)")
-            img.seek(0)  # an animated GIF: its first frame
-            return _to_rgba(img)
+        with warnings.catch_warnings():
+            # PIL warns about > 89 Mpx at open; our own bound (checked next, before decoding) is lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with handle, Image.open(handle) as img:
+                width, height = img.size
+                if width * height > MAX_SHEET_PIXELS:
+                    raise DatasetError(f"{sheet}: {width}x{height} px is over {MAX_SHEET_PIXELS:,} pixels; cut "
+                                       "the sheet into smaller ones (it was not decoded)")
+                img.seek(0)  # an animated GIF: its first frame
+                return _to_rgba(img)
     except DatasetError:
         raise
     except Image.DecompressionBombError as exc:  # PIL refuses the header first above ~179 Mpx
