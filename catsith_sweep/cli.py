@@ -22,8 +22,9 @@ from rich.markup import escape
 
 from catsith_sweep.errors import UserInputError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: user text such as `root:x:0` must print as written, not with `:x:` turned into an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -104,7 +105,7 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
         Path(args.sheet), Path(args.out), frame_size=args.frame_size, grid=args.grid, frames=args.frames,
         category=args.category, kind=args.kind, entity_id=args.id, directions=args.directions,
         color_key=args.color_key, size=args.size, counter_clockwise=args.counter_clockwise,
-        first_direction=args.first_direction,
+        first_direction=args.first_direction, warn=lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"),
     )
     out.print(f"imported {args.sheet} into {args.out}: {report}")
     return 0

@@ -12,16 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from catsith_sweep.config.space import Distribution
+from catsith_sweep.config.space import Distribution, check_bool_int
 
 TRAINER_NAMES: tuple[str, ...] = ("lora", "vae", "distill", "full")
 BUILTIN_BASE = "builtin:catsith-tiny"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan: no field means "infinite" (`learning_rate: .inf` is a typo or a test of us).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_int_mixups(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic's lax mode reads `rank: true` as 1 and `enabled: 1` as true; refuse both."""
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else check_bool_int(value, field.annotation)
 
 
 class ModelSection(Section):

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from catsith_sweep.errors import UserInputError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 CATEGORIES = ("Aesthetic", "Entity", "Effects", "Environment", "Color")
 
 
