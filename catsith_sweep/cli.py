@@ -58,7 +58,7 @@ def cmd_dataset_validate(args: argparse.Namespace) -> int:
 def cmd_dataset_caption(args: argparse.Namespace) -> int:
     from catsith_sweep.data.captions import write_captions
 
-    count = write_captions(Path(args.dir))
+    count = write_captions(Path(args.dir), colors=args.colors)
     out.print(f"wrote {count} caption(s) in {Path(args.dir) / 'captions'}")
     return 0
 
@@ -129,6 +129,9 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dataset_validate)
     p = dataset.add_parser("caption", help="write captions/*.txt with the guide's rules")
     p.add_argument("dir")
+    p.add_argument("--colors", choices=["guide", "measured"], default="guide",
+                   help="colour words: guide (its rule on base_color, word for word) or measured (grey, brown, "
+                   "orange, ... of the sprites' opaque pixels)")
     p.set_defaults(func=cmd_dataset_caption)
     p = dataset.add_parser("synth", help="generate the procedural exospace sprite set")
     p.add_argument("out")
