@@ -7,8 +7,8 @@ half only; the held-out half is split again by entity into A and B. Rows: B unde
 noise, blur and palette shifts of growing strength, and B replaced by the sprites the base generates for
 B's captions; each scored (FD, KID and KID's std) against B itself and against A (other real designs,
 the real-vs-real spread a sweep's differences must beat). Then the sprite net's accuracies on the
-held-out sprites, on shuffled labels, and the chance level. The base: `builtin:catsith-tiny` when CATSITH_CACHE holds it, else the 40-step tiny
-base of bench/lora_step_overhead.py (or `--base DIR`).
+held-out sprites, on shuffled labels, and the chance level. The base: `builtin:catsith-tiny` when
+CATSITH_CACHE holds it, else the 40-step tiny base of bench/lora_step_overhead.py (or `--base DIR`).
 """
 
 from __future__ import annotations
