@@ -59,7 +59,7 @@ def cmd_dataset_validate(args: argparse.Namespace) -> int:
 def cmd_dataset_caption(args: argparse.Namespace) -> int:
     from catsith_sweep.data.captions import write_captions
 
-    count = write_captions(Path(args.dir))
+    count = write_captions(Path(args.dir), colors=args.colors)
     out.print(f"wrote {count} caption(s) in {Path(args.dir) / 'captions'}")
     return 0
 
@@ -111,6 +111,14 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_fit(args: argparse.Namespace) -> int:
+    from catsith_sweep.metrics.vae_fit import fit_dataset
+
+    fit_dataset(Path(args.dir), base=args.base, png=Path(args.png), limit=args.limit,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None, log=lambda m: out.print(escape(m)))
+    return 0
+
+
 def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     from catsith_sweep.data.synth_styles import STYLES  # numpy only: cheap for every command
 
@@ -122,6 +130,9 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dataset_validate)
     p = dataset.add_parser("caption", help="write captions/*.txt with the guide's rules")
     p.add_argument("dir")
+    p.add_argument("--colors", choices=["guide", "measured"], default="guide",
+                   help="colour words: guide (its rule on base_color, word for word) or measured (grey, brown, "
+                   "orange, ... of the sprites' opaque pixels)")
     p.set_defaults(func=cmd_dataset_caption)
     p = dataset.add_parser("synth", help="generate the procedural exospace sprite set")
     p.add_argument("out")
@@ -148,6 +159,13 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
                    "auto (corner pixel), R,G,B or #RRGGBB")
     p.add_argument("--size", type=int, default=64, help="output sprite size")
     p.set_defaults(func=cmd_dataset_import_sheet)
+    p = dataset.add_parser("fit", help="how well a base's VAE reproduces these sprites (the ceiling of a LoRA)")
+    p.add_argument("dir")
+    p.add_argument("--base", default="builtin:catsith-tiny", help="model.base to measure (default: the builtin)")
+    p.add_argument("--png", default="vae_fit.png", help="side-by-side PNG of originals and reconstructions")
+    p.add_argument("--limit", type=int, default=64, help="sprites measured, evenly spread over the dataset")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $CATSITH_CACHE or the user cache)")
+    p.set_defaults(func=cmd_dataset_fit)
 
 
 def cmd_base_build(args: argparse.Namespace) -> int:

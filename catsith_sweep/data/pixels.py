@@ -78,3 +78,24 @@ def upscale_nearest(images: torch.Tensor, size: int | tuple[int, int]) -> torch.
     rows = _nearest_indices(images.shape[-2], out_h, images.device)
     cols = _nearest_indices(images.shape[-1], out_w, images.device)
     return images.index_select(-2, rows).index_select(-1, cols)
+
+
+# Fixed background for compositing RGBA sprites when a base only takes RGB (standard SD bases).
+RGB_BACKGROUND = (0.0, 0.0, 0.0)
+
+
+def to_vae_pixels(images: torch.Tensor, rgba: bool) -> torch.Tensor:
+    """RGBA in [0, 1] -> the VAE's input in [-1, 1]: RGBA as is, or RGB composited on a fixed background."""
+    if not rgba:
+        alpha = images[:, 3:4]
+        background = torch.tensor(RGB_BACKGROUND, device=images.device).view(1, 3, 1, 1)
+        images = images[:, :3] * alpha + background * (1 - alpha)
+    return images * 2 - 1
+
+
+def from_vae_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's output in [-1, 1] -> RGBA in [0, 1] (alpha 1 for an RGB VAE)."""
+    images = ((pixels + 1) / 2).clamp(0, 1)
+    if images.shape[1] == 3:
+        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
+    return images

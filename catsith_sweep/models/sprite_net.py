@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,21 +315,37 @@ def load_sprite_net(directory: str | Path, *, device: str | torch.device = "cpu"
     return net.to(device).eval()
 
 
-def _load_labelled(dataset_root: Path) -> tuple[torch.Tensor, ...]:
-    """(images, categories, kinds, directions) of every sprite of a dataset, unaugmented."""
-    # Imported here so models/ loads without the dataset reader and its image dependencies.
-    from catsith_sweep.data.dataset import SpriteDataset
+def _chosen(dataset: Any, train_indices: Sequence[int] | None) -> list[int]:
+    chosen = list(range(len(dataset))) if train_indices is None else [int(i) for i in train_indices]
+    if any(not 0 <= i < len(dataset) for i in chosen):
+        raise ValueError(f"train_indices must lie in 0..{len(dataset) - 1} (the dataset's sprites)")
+    if len(chosen) < 2:
+        raise ValueError(f"dataset {dataset.root}: {len(chosen)} training sprites; the sprite net needs two")
+    return chosen
 
-    dataset = SpriteDataset(dataset_root)
-    if len(dataset) < 2:
-        raise ValueError(f"dataset {dataset_root} has {len(dataset)} sprites; the sprite net needs two")
+
+def _labelled(dataset: Any, train_indices: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
+    """(images, categories, kinds, directions) of the training sprites of a dataset, unaugmented:
+    those at `train_indices` (dataset order), or every sprite when None."""
+    chosen = _chosen(dataset, train_indices)
     labels = []
     for key, attribute in (("category", "categories"), ("kind", "kinds"), ("direction", "directions")):
         values = getattr(dataset, attribute, None)
         if values is None:  # a reader without label arrays: read them item by item
             values = [int(dataset[i][key]) for i in range(len(dataset))]
-        labels.append(torch.as_tensor(values).long())
-    return (torch.as_tensor(dataset.images), *labels)
+        labels.append(torch.as_tensor(values).long()[chosen])
+    return (torch.as_tensor(dataset.images)[chosen], *labels)
+
+
+def training_set_key(names: Sequence[str] | None) -> str:
+    """The cache-key part naming which images a net trained on: "" for every image of the dataset
+    (the key of nets cached before splits existed), else "-train-" + a digest of the sorted names."""
+    if names is None:
+        return ""
+    import blake3
+
+    digest = blake3.blake3("\n".join(sorted(names)).encode("utf-8")).hexdigest()[:16]
+    return f"-train-{digest}"
 
 
 def _usable_cache(directory: Path) -> SpriteNet | None:
@@ -349,23 +366,31 @@ def sprite_net_for_dataset(
     dataset_root: str | Path,
     cache_dir: str | Path,
     *,
+    train_indices: Sequence[int] | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> SpriteNet:
-    """The sprite net of a dataset, trained once per dataset fingerprint and cached.
+    """The sprite net of a dataset, trained once per (dataset fingerprint, training images) and cached.
 
-    The entry is `cache_dir/sprite_nets/<fingerprint>/` (`data.dataset.fingerprint`: any change to the
-    dataset trains a new net). Concurrent trials on one machine serialise on a lock file, so one trains
-    and the others load its net; the net is written to a temporary directory and renamed into place,
-    so a crash never leaves half a net behind. A stale entry (older recipe, other vocabulary,
-    unreadable) is replaced.
+    `train_indices` (the training side of `data.split.split_by_entity`) are the only sprites it trains
+    on and standardises its features with, so metrics on the held-out side score designs it never saw;
+    None trains on every sprite. The entry is `cache_dir/sprite_nets/<fingerprint><training_set_key>/`
+    (`data.dataset.fingerprint`: any change to the dataset trains a new net; another split another
+    one). Concurrent trials on one machine serialise on a lock file, so one trains and the others load
+    its net; the net is written to a temporary directory and renamed into place, so a crash never
+    leaves half a net behind. A stale entry (older recipe, other vocabulary, unreadable) is replaced.
     """
-    from catsith_sweep.data.dataset import fingerprint
+    # Imported here so models/ loads without the dataset reader and its image dependencies.
+    from catsith_sweep.data.dataset import SpriteDataset, fingerprint
 
     dataset_root = Path(dataset_root)
+    dataset, names = None, None
+    if train_indices is not None:  # the key needs the names: read the dataset once, now
+        dataset = SpriteDataset(dataset_root)
+        names = [dataset.names[i] for i in _chosen(dataset, train_indices)]
     nets = Path(cache_dir) / SPRITE_NETS_DIR
-    final = nets / fingerprint(dataset_root)
+    final = nets / f"{fingerprint(dataset_root)}{training_set_key(names)}"
     cached = _usable_cache(final)
     if cached is not None:
         return cached.to(device)
@@ -373,8 +398,10 @@ def sprite_net_for_dataset(
         cached = _usable_cache(final)  # another trial may have trained it while we waited
         if cached is not None:
             return cached.to(device)
-        images, cats, kinds, dirs = _load_labelled(dataset_root)
+        images, cats, kinds, dirs = _labelled(dataset or SpriteDataset(dataset_root), train_indices)
         net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
+        training = {**net.config.training, "images": len(images), "training_set": training_set_key(names) or "all"}
+        net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
         with staged_dir(final) as staging:  # replaces a stale entry in one rename
             save_sprite_net(net, staging)
     return net

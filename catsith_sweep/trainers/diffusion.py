@@ -11,11 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from catsith_sweep.data.pixels import RGB_BACKGROUND, from_vae_pixels, to_vae_pixels
 from catsith_sweep.models.builtin import DiffusionParts, to_pipeline
 
-# Fixed background for compositing RGBA sprites when a base only takes RGB (standard SD bases).
-RGB_BACKGROUND = (0.0, 0.0, 0.0)
-
+__all__ = ["RGB_BACKGROUND", "from_vae_pixels", "to_vae_pixels"]  # the pixel convention lives in data.pixels
 
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
@@ -37,23 +36,6 @@ def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     if mixed_precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-
-
-def to_vae_pixels(images: torch.Tensor, rgba: bool) -> torch.Tensor:
-    """RGBA in [0, 1] -> the VAE's input in [-1, 1]: RGBA as is, or RGB composited on a fixed background."""
-    if not rgba:
-        alpha = images[:, 3:4]
-        background = torch.tensor(RGB_BACKGROUND, device=images.device).view(1, 3, 1, 1)
-        images = images[:, :3] * alpha + background * (1 - alpha)
-    return images * 2 - 1
-
-
-def from_vae_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE's output in [-1, 1] -> RGBA in [0, 1] (alpha 1 for an RGB VAE)."""
-    images = ((pixels + 1) / 2).clamp(0, 1)
-    if images.shape[1] == 3:
-        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
-    return images
 
 
 def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
