@@ -40,7 +40,7 @@ def test_kid_is_over_all_samples_and_its_std_over_half_subsets(net: torch.nn.Mod
     real, fake = torch.rand(20, 4, 32, 32, generator=gen), torch.rand(16, 4, 32, 32, generator=gen) * 0.6
     scores = compute_image_metrics(real, fake, net=net, seed=3)
     extract = SpriteFeatureExtractor(net)  # type: ignore[arg-type]
-    from catsith_sweep.metrics.images import composite_rgba
+    from catsith_sweep.data.pixels import composite_rgba
 
     expected = float(poly_mmd(extract(composite_rgba(real)), extract(composite_rgba(fake))))
     assert scores["sprite_kid"] == pytest.approx(expected, rel=1e-4, abs=1e-6)

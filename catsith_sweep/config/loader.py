@@ -217,7 +217,15 @@ def resolve_space_file(reference: str, experiment_path: Path) -> Path | None:
                       Path.cwd() / "search_spaces" / name]
     # exists(), not is_file(): a FIFO or folder named like the space is reported by the reader, not
     # hidden behind "no search-space file".
-    return next((c for c in candidates if c.exists()), None)
+    return next((c for c in candidates if _exists(c)), None)
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, with a name the OS refuses (too long, say) counted as absent."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
