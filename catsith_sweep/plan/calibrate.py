@@ -48,6 +48,10 @@ class Calibration:
     export_s: float
     prepare_s: float
     calibration_s: float = 0.0
+    """Seconds spent measuring, without `cache_work_s`."""
+    cache_work_s: float = 0.0
+    """The first evaluation's extra over a normal one: one-time work (the dataset's sprite feature net,
+    trained and cached on first use) that the sweep's baseline evaluation would otherwise do."""
     cap_s: float = CAP_SECONDS
     notes: list[str] = field(default_factory=list)
 
@@ -113,19 +117,20 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
         noop = lambda step, metrics: None  # noqa: E731
         _timed(lambda: trainer.train(1, noop))  # warm-up: first-call allocations
         step_s = _timed(lambda: trainer.train(2, noop)) / 2
-        eval_s, eval_method, first_eval_s = _evaluations(trainer, exp, work)
+        eval_s, eval_method, first_eval_s, warmup_extra_s = _evaluations(trainer, exp, work)
         save_s = _timed(lambda: trainer.save(work / "checkpoint"))
         cal = Calibration(device=_device_name(exp), total_steps=total, imports_s=imports_s, setup_s=setup_s,
                           step_s=step_s, steps_timed=2, eval_s=eval_s, eval_method=eval_method,
                           first_eval_s=first_eval_s, save_s=save_s, export_s=0.0, prepare_s=prepare_s)
         cal.cap_s = min(CAP_SECONDS, CAP_SHARE * estimate(cal))
-        left = cal.cap_s - (time.perf_counter() - started)
+        cal.cache_work_s = warmup_extra_s
+        left = cal.cap_s - (time.perf_counter() - started - cal.cache_work_s)
         extra = max(0, min(200, int(left * 0.7 / max(step_s, 1e-6)), total - 3))
         if extra >= 2:
             cal.step_s = (_timed(lambda: trainer.train(extra, noop)) + 2 * step_s) / (extra + 2)
             cal.steps_timed = extra + 2
         cal.export_s = _timed(lambda: trainer.export(work / "export"))
-        cal.calibration_s = time.perf_counter() - started
+        cal.calibration_s = time.perf_counter() - started - cal.cache_work_s
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cal.notes.append(f"load average {load:.1f} on {os.cpu_count()} CPU(s) during calibration: the measured "
                      "seconds (and so the prediction) hold for a machine this busy")
@@ -135,14 +140,15 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
     return cal
 
 
-def _evaluations(trainer: object, exp: Experiment, work: Path) -> tuple[float, str, float]:
-    """(seconds of one full evaluation, how it was obtained, seconds of the first (warm-up) one)."""
+def _evaluations(trainer: object, exp: Experiment, work: Path) -> tuple[float, str, float, float]:
+    """(seconds of one full evaluation, how it was obtained, seconds of the first (warm-up) one, and
+    what that first one took beyond the same evaluation run again: one-time cache work)."""
     evaluate = trainer.evaluate  # type: ignore[attr-defined]
     full_k = exp.eval.num_inference_steps
     if not eval_scales_with_sampler(exp) or full_k <= 3:
         first = _timed(lambda: evaluate(work / "eval0"))
         again = _timed(lambda: evaluate(work / "eval1"))
-        return again, "measured at full size (after a warm-up evaluation)", first
+        return again, "measured at full size (after a warm-up evaluation)", first, max(0.0, first - again)
     exp.eval.num_inference_steps = 1
     first = _timed(lambda: evaluate(work / "eval0"))
     t1 = _timed(lambda: evaluate(work / "eval1"))
@@ -153,7 +159,7 @@ def _evaluations(trainer: object, exp: Experiment, work: Path) -> tuple[float, s
     fixed = max(0.0, t1 - per_step)
     method = (f"extrapolated: {t1:.2f} s at 1 sampler step, {t3:.2f} s at 3 -> "
               f"{fixed:.2f} + {per_step:.3f} x {full_k} steps")
-    return fixed + per_step * full_k, method, first
+    return fixed + per_step * full_k, method, first, max(0.0, first - t1)
 
 
 def _device_name(exp: Experiment) -> str:

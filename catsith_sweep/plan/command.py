@@ -87,7 +87,8 @@ def _measured_table(cal: Calibration) -> Table:
     rows = [
         ("s/step", f"{cal.step_s:.4f} (mean of {cal.steps_timed} steps after a warm-up step)"),
         ("s/eval", f"{cal.eval_s:.2f} ({cal.eval_method})"),
-        ("first evaluation", f"{cal.first_eval_s:.2f} s (warm-up; trains the sprite feature net once per dataset)"),
+        ("first evaluation", f"{cal.first_eval_s:.2f} s (warm-up; {cal.cache_work_s:.1f} s of it one-time cache "
+                             "work such as the dataset's sprite feature net, not counted in the calibration)"),
         ("trial setup", f"{cal.setup_s:.2f} s (data, models, optimizer)"),
         ("checkpoint / export", f"{cal.save_s:.3f} s / {cal.export_s:.3f} s"),
         ("imports", f"{cal.imports_s:.1f} s (torch, transformers, diffusers, peft, torchmetrics)"),
@@ -102,6 +103,7 @@ def _prediction_table(exp: Any, cal: Calibration, pred: Prediction) -> Table:
     e = pred.expectation
     table = Table(title=f"prediction: {exp.name}", show_header=False)
     compute_h = pred.busy_s / 3600
+    fixed = {**pred.fixed_before_s, **pred.fixed_after_s}
     unit = (f"{compute_h * exp.resources.gpu:.3f} GPU-hours" if exp.resources.gpu
             else f"{compute_h * exp.resources.cpu:.3f} CPU-core-hours")
     rows = [
@@ -111,7 +113,7 @@ def _prediction_table(exp: Any, cal: Calibration, pred: Prediction) -> Table:
                         f"({pred.evaluations_per_trial} per full trial)"),
         ("steps trained", f"{e.steps:.0f} of {e.trials * cal.total_steps} ({cal.total_steps} per full trial)"),
         ("one full trial", fmt_duration(pred.trial_full_s)),
-        ("fixed per sweep", ", ".join(f"{k} {v:.0f} s" for k, v in {**pred.fixed_before_s, **pred.fixed_after_s}.items())),
+        ("fixed per sweep", ", ".join(f"{k} {v:.0f} s" for k, v in fixed.items())),
         ("wall time", f"{fmt_duration(pred.wall_s)} ({pred.wall_s:.0f} s)"),
         ("compute", f"{compute_h:.3f} trial-hours = {unit}"),
     ]
