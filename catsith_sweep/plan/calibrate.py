@@ -4,7 +4,7 @@ export), on the experiment's own model, batch, data and device.
 
 Evaluation time is extrapolated, not measured at full size: a diffusion trainer's evaluation runs the
 sampler `eval.num_inference_steps` times over the same images, so its time is `a + b * k` for k
-sampler steps. Two evaluations at k = 1 and k = 3 (after a warm-up one, which also trains and caches
+sampler steps. Two evaluations at k = 1 and k = 5 (after a warm-up one, which also trains and caches
 the dataset's sprite feature network on first use) give a and b; the full evaluation is a + b * K.
 Evaluations of other trainers (the SpriteVAE) have no sampler: they run once at full size.
 """
@@ -66,6 +66,15 @@ def trial_step_budget(trainer: object) -> int:
     """Optimizer steps one trial takes: the trainer's own `total_steps()` after setup (it knows the
     dataset size that `train.epochs` needs). The one place to switch to a shared step formula."""
     return int(trainer.total_steps())  # type: ignore[attr-defined]
+
+
+def phase_notes(experiment: Experiment) -> list[str]:
+    """Where the calibration cannot see the whole trial (switch to the trainer's declared surface)."""
+    if experiment.trainer == "full":
+        return [f"the full trainer trains the VAE alone for its first {experiment.full.vae_steps} steps "  # type: ignore[union-attr]
+                "and evaluates nothing until then: calibration saw only that phase, so s/step and s/eval "
+                "of the UNet phase are NOT measured and this prediction is unreliable"]
+    return []
 
 
 def check_base_ready(experiment: Experiment, source: object) -> None:
@@ -131,6 +140,7 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
             cal.steps_timed = extra + 2
         cal.export_s = _timed(lambda: trainer.export(work / "export"))
         cal.calibration_s = time.perf_counter() - started - cal.cache_work_s
+    cal.notes += phase_notes(exp)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cal.notes.append(f"load average {load:.1f} on {os.cpu_count()} CPU(s) during calibration: the measured "
                      "seconds (and so the prediction) hold for a machine this busy")
@@ -145,19 +155,20 @@ def _evaluations(trainer: object, exp: Experiment, work: Path) -> tuple[float, s
     what that first one took beyond the same evaluation run again: one-time cache work)."""
     evaluate = trainer.evaluate  # type: ignore[attr-defined]
     full_k = exp.eval.num_inference_steps
-    if not eval_scales_with_sampler(exp) or full_k <= 3:
+    if not eval_scales_with_sampler(exp) or full_k <= 5:
         first = _timed(lambda: evaluate(work / "eval0"))
         again = _timed(lambda: evaluate(work / "eval1"))
         return again, "measured at full size (after a warm-up evaluation)", first, max(0.0, first - again)
     exp.eval.num_inference_steps = 1
     first = _timed(lambda: evaluate(work / "eval0"))
     t1 = _timed(lambda: evaluate(work / "eval1"))
-    exp.eval.num_inference_steps = 3
-    t3 = _timed(lambda: evaluate(work / "eval3"))
+    k2 = min(full_k, 5)  # more leverage than k=2 or 3 against timing noise on a busy machine
+    exp.eval.num_inference_steps = k2
+    t2 = _timed(lambda: evaluate(work / "eval2"))
     exp.eval.num_inference_steps = full_k
-    per_step = max(0.0, (t3 - t1) / 2)
+    per_step = max(0.0, (t2 - t1) / (k2 - 1))
     fixed = max(0.0, t1 - per_step)
-    method = (f"extrapolated: {t1:.2f} s at 1 sampler step, {t3:.2f} s at 3 -> "
+    method = (f"extrapolated: {t1:.2f} s at 1 sampler step, {t2:.2f} s at {k2} -> "
               f"{fixed:.2f} + {per_step:.3f} x {full_k} steps")
     return fixed + per_step * full_k, method, first, max(0.0, first - t1)
 
