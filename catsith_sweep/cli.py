@@ -225,6 +225,7 @@ def _sweep_commands(sub: argparse._SubParsersAction) -> None:
 
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_sweep_commands]
 _EXTRA_COMMANDS.append(lambda sub: __import__("catsith_sweep.promote.commands").promote.commands.register(sub))
+_EXTRA_COMMANDS.append(lambda sub: __import__("catsith_sweep.plan.command").plan.command.register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

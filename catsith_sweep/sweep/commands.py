@@ -59,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or loaded.experiment.tracking_uri
     print_plan(loaded, uri, args.address)
     if args.dry_run:
+        from catsith_sweep.plan.command import print_dry_run_prediction
+
+        print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
         out.print("dry run: nothing started")
         return 0
     from catsith_sweep.sweep.driver import run_sweep
