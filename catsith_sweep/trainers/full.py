@@ -54,8 +54,9 @@ class FullTrainer:
         if train.gradient_checkpointing:
             self.parts.vae.enable_gradient_checkpointing()
             self.parts.unet.enable_gradient_checkpointing()
-            self.parts.text_encoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            text_encoder = self.parts.text_encoder  # transformers 5 renamed it; 4.x has the old name only
+            enable = getattr(text_encoder, "activation_checkpointing_enable", None)
+            (enable or text_encoder.gradient_checkpointing_enable)({"use_reentrant": False})
         self.vae_opt = torch.optim.AdamW(self.parts.vae.parameters(), lr=self.cfg.vae_learning_rate)
         self.params = [*self.parts.unet.parameters(), *self.parts.text_encoder.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
