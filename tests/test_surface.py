@@ -283,3 +283,17 @@ def test_budget_variants_cover_only_keys_that_change_the_budget() -> None:
     variants = list(budget_variants(exp, space))
     assert len(variants) == 3 * 2 * 2 and all("train.learning_rate" not in v for v in variants)
     assert list(budget_variants(exp, {})) == [{}]
+
+
+def test_dry_run_refuses_what_validate_refuses_and_plans_the_trainers_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], use_catsith_cache: Path) -> None:
+    config: dict[str, Any] = {"name": "x", "trainer": "vae", "search": {"metric": "recon_mse"},
+                              "data": {"synth_variants": 1},
+                              "train": {"max_steps": 10, "gradient_checkpointing": True},
+                              "eval": {"every_n_steps": 4}}
+    assert main(["run", str(_write(tmp_path, config)), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ":9 train.gradient_checkpointing: trainer `vae` does not read" in err, err
+    del config["train"]["gradient_checkpointing"]
+    assert main(["run", str(_write(tmp_path, config)), "--dry-run"]) == 0
+    assert "10 steps, evaluation every 4: 3 evaluations" in " ".join(capsys.readouterr().out.split())
