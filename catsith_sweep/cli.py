@@ -29,11 +29,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from catsith_sweep.config import load_experiment
-    from catsith_sweep.trainers import require_implemented
+    from catsith_sweep.trainers import check_experiment
 
     loaded = load_experiment(args.experiment, args.overrides)
     exp = loaded.experiment
-    require_implemented(exp, loaded.path)
+    check_experiment(loaded)
     out.print(f"[green]ok[/green] {loaded.path}: experiment `{exp.name}`, trainer `{exp.trainer}`, "
               f"{len(loaded.space)} searched key(s), {exp.search.num_samples} trial(s)")
     for key, dist in loaded.space.items():

@@ -208,3 +208,17 @@ def test_tradeoff_plot_must_name_a_searched_key(tmp_path: Path) -> None:
     assert "search.plots[0].x: `lora.rnk` is not a searched key; did you mean `lora.rank`?" in info.value.render()
     ok = _write(tmp_path, GOOD + "  plots:\n    - {x: lora.rank, y: [sprite_fid], log_x: true}\n", "ok.yaml")
     assert load_experiment(ok).experiment.search.plots[0].log_x
+
+
+def test_augmentation_is_off_unless_the_experiment_turns_it_on() -> None:
+    """One default, the schema's: a section built with no `enabled` leaves sprites untouched."""
+    import numpy as np
+
+    from catsith_sweep.config.schema import AugmentSection
+    from catsith_sweep.data.augment import SpriteAugment
+
+    rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    strong = {"color_jitter_p": 1.0, "noise_p": 1.0, "brightness": 0.5, "hflip_p": 1.0}
+    assert np.array_equal(SpriteAugment(AugmentSection(**strong), seed=0)(rgba, directions=1), rgba)
+    changed = SpriteAugment(AugmentSection(enabled=True, **strong), seed=0)(rgba, directions=1)
+    assert not np.array_equal(changed, rgba)

@@ -14,8 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from catsith_sweep.config.schema import Experiment
-from catsith_sweep.trainers import diffusion as D
-from catsith_sweep.trainers import make_trainer
+from catsith_sweep.errors import ConfigError
+from catsith_sweep.trainers import make_trainer, planned_budget
+from catsith_sweep.trainers import runtime as R
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
 from catsith_sweep.trainers.full import FullTrainer
 from catsith_sweep.trainers.lora import LoraTrainer
@@ -127,6 +128,7 @@ def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_c
     assert [r.step for r in train_logs] == [1, 2, 3, 4]
     assert all(set(r.metrics) == {"loss", "lr"} for r in train_logs)
     assert [r.step for r in evals] == [2, 4]
+    assert all(set(r.metrics) == set(LoraTrainer.surface.metric_names(exp)) for r in evals)  # as declared
     for r in evals:
         for key in ("loss", "lr", "sprite_fid", "sprite_kid", "sprite_lpips", "kind_accuracy", "direction_accuracy"):
             assert key in r.metrics and isinstance(r.metrics[key], float), key
@@ -236,13 +238,53 @@ def test_lora_diverging_learning_rate_raises(tiny_base: Path, catsith_cache: Pat
     assert 1 <= trainer.step < 20
 
 
-def test_half_precision_on_cpu_is_refused(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+def _any_experiment(trainer: str, cache: Path, **overrides: Any) -> Experiment:
+    """A small experiment of `trainer` (the LoRA base path is never opened by the tests using this)."""
+    if trainer == "lora":
+        return lora_experiment(Path("/no/base/needed"), cache, **overrides)
+    if trainer == "vae":
+        from test_vae_trainer import vae_experiment
+
+        return vae_experiment(cache, **overrides)
+    return experiment(TINY_BASE_CONFIG, cache, **overrides)
+
+
+@pytest.mark.parametrize("trainer", ["lora", "vae", "full"])
+def test_half_precision_on_cpu_is_refused(trainer: str, catsith_cache: Path, tmp_path: Path) -> None:
+    """Every trainer honours train.mixed_precision (the full trainer used to ignore it)."""
     for precision in ("fp16", "bf16"):
-        exp = lora_experiment(tiny_base, catsith_cache, train={"mixed_precision": precision, "device": "cpu"})
+        exp = _any_experiment(trainer, catsith_cache, train={"mixed_precision": precision, "device": "cpu"})
         with pytest.raises(RuntimeError, match=f"mixed_precision={precision} needs a CUDA device"):
-            LoraTrainer(exp, tmp_path).setup()
-    assert D.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert D.resolve_dtype("no", torch.device("cpu")) == torch.float32
+            make_trainer(exp, tmp_path).setup()
+
+
+@pytest.mark.parametrize("trainer,refused", [("lora", "onnx"), ("vae", "peft_safetensors"), ("full", "onnx")])
+def test_export_formats_are_refused_before_training(trainer: str, refused: str, catsith_cache: Path,
+                                                    tmp_path: Path) -> None:
+    """A format the trainer cannot write stops `setup`, not the export after the whole budget (LoRA
+    used to drop it silently)."""
+    exp = _any_experiment(trainer, catsith_cache, export={"formats": [refused]})
+    with pytest.raises(ConfigError, match=f"trainer `{trainer}` cannot write {refused}"):
+        make_trainer(exp, tmp_path).setup()
+
+
+def test_runtime_follows_the_train_section(catsith_cache: Path) -> None:
+    exp = _any_experiment("vae", catsith_cache, train={"num_threads": 1, "seed": 5, "device": "cpu"})
+    first, second = R.start_runtime(exp), R.start_runtime(exp)
+    assert torch.get_num_threads() == 1
+    assert first.device.type == "cpu" and first.dtype == torch.float32 and not first.scaler.is_enabled()
+    draws = [torch.randint(0, 1000, (5,), generator=g).tolist() for g in (first.generator, second.generator)]
+    assert draws[0] == draws[1]  # seeded from train.seed: trials repeat
+    other = R.start_runtime(_any_experiment("vae", catsith_cache, train={"num_threads": 1, "seed": 6}))
+    assert torch.randint(0, 1000, (5,), generator=other.generator).tolist() != draws[0]
+    threads = R.start_runtime(_any_experiment("vae", catsith_cache, train={"num_threads": None},
+                                              resources={"cpu": 2}))
+    assert torch.get_num_threads() == 2 and threads.device.type in ("cpu", "cuda")
+    torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="train.device is `cuda`, but no CUDA device"):
+            R.start_runtime(_any_experiment("vae", catsith_cache, train={"device": "cuda"}))
+        assert R.start_runtime(_any_experiment("vae", catsith_cache, train={"device": "auto"})).device.type == "cpu"
 
 
 @pytest.mark.parametrize("targets,message", [
@@ -259,26 +301,13 @@ def test_lora_targets_are_refused_at_setup(tiny_base: Path, catsith_cache: Path,
     assert str(info.value).startswith(f"lora.target_modules {targets}:")
 
 
-def test_device_auto(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert D.resolve_device("auto").type == expected
-    assert D.resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
-            D.resolve_device("cuda")
-        trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"device": "auto"}), tmp_path)
-        trainer.setup()
-        assert trainer.device.type == "cpu" and trainer.dtype == torch.float32
-        assert trainer.parts.unet.device.type == "cpu"
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
     exp = lora_experiment(tiny_base, catsith_cache, train={"device": "auto", "mixed_precision": "auto"})
     trainer = LoraTrainer(exp, tmp_path)
     trainer.setup()
-    assert trainer.device.type == "cuda" and trainer.dtype in (torch.bfloat16, torch.float16)
+    assert trainer.rt.device.type == "cuda" and trainer.rt.dtype in (torch.bfloat16, torch.float16)
     before = _trainable(trainer)
     metrics = trainer.train(2, _quiet)
     assert trainer.step == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
@@ -288,21 +317,82 @@ def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_
 
 
 def _epochs_experiment(trainer: str, base: Path, cache: Path) -> Experiment:
-    train = {"max_steps": None, "epochs": 3, "batch_size": 8, "gradient_accumulation_steps": 2}
+    # 61 sprites: LoRA 2 steps per epoch (batches of 16, 2 to a step), 2 epochs; the full trainer 3 VAE
+    # steps, then 1 step per epoch (batches of 32, 2 to a step).
+    train = {"max_steps": None, "epochs": 2, "batch_size": 16, "gradient_accumulation_steps": 2}
     if trainer == "lora":
-        return lora_experiment(base, cache, train=train)
-    return experiment(TINY_BASE_CONFIG, cache, train={**train, "gradient_accumulation_steps": 1},
-                      full={"vae_steps": 5})
+        return lora_experiment(base, cache, train=train, eval={"every_n_steps": 3})
+    return experiment(TINY_BASE_CONFIG, cache, train={**train, "batch_size": 32},
+                      full={"vae_steps": 3, "vae_batch_size": 4}, eval={"every_n_steps": 2})
 
 
-def test_total_steps_from_epochs(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
-    lora = LoraTrainer(_epochs_experiment("lora", tiny_base, catsith_cache), tmp_path / "lora")
-    lora.setup()
-    images = len(lora.dataset)
-    assert images > 16
-    assert lora.total_steps() == -(-images // 16) * 3  # ceil(images / (batch 8 x accumulation 2)) x epochs
-    full = FullTrainer(_epochs_experiment("full", tiny_base, catsith_cache), tmp_path / "full")
-    full.setup()
-    assert full.total_steps() == 5 + -(-images // 8) * 3  # VAE phase + UNet epochs
-    # max_steps wins when given
-    assert LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"max_steps": 7}), tmp_path).total_steps() == 7
+@pytest.mark.parametrize("trainer", ["lora", "full"])
+def test_epoch_budget_is_what_the_sweep_plans(trainer: str, tiny_base: Path, catsith_cache: Path,
+                                              tmp_path: Path) -> None:
+    """The sweep sizes its scheduler with `planned_budget` before any trial runs; a trial must take
+    exactly those steps and report exactly those evaluations (the driver used to assume 10)."""
+    exp = _epochs_experiment(trainer, tiny_base, catsith_cache)
+    steps, evaluations = planned_budget(exp)
+    assert (steps, evaluations) == ({"lora": 4, "full": 5}[trainer], 2 if trainer == "lora" else 3)
+    reports: list[Report] = []
+    trainer_obj = make_trainer(exp, tmp_path)
+    run_trial(trainer_obj, exp, tmp_path, reports.append)
+    assert trainer_obj.step == trainer_obj.total_steps() == steps
+    evals = [r for r in reports if r.checkpoint is not None]
+    assert len(evals) == evaluations and evals[-1].step == steps
+    reported = set().union(*(r.metrics for r in evals))
+    assert reported == set(trainer_obj.surface.metric_names(exp))  # the full trainer's two phases together
+
+
+def test_full_trainer_accumulates_micro_batches(catsith_cache: Path, tmp_path: Path) -> None:
+    """With accumulation 2, a step of each phase draws the micro-batches two steps without it draw
+    (the full trainer used to ignore train.gradient_accumulation_steps)."""
+    def run(accumulation: int, vae_steps: int, steps: int) -> tuple[FullTrainer, torch.Tensor]:
+        exp = experiment(TINY_BASE_CONFIG, catsith_cache,
+                         train={"batch_size": 4, "gradient_accumulation_steps": accumulation},
+                         full={"vae_steps": vae_steps, "vae_batch_size": 4})
+        trainer = FullTrainer(exp, tmp_path / f"accumulate{accumulation}")
+        trainer.setup()
+        trainer.train(steps, _quiet)
+        return trainer, torch.get_rng_state()
+
+    accumulated, global_rng = run(2, 1, 2)  # one VAE step, one UNet step, 2 micro-batches each
+    plain, plain_global_rng = run(1, 2, 4)  # two VAE steps, two UNet steps
+    assert torch.equal(accumulated.rt.generator.get_state(), plain.rt.generator.get_state())
+    assert torch.equal(global_rng, plain_global_rng)  # the VAE's posterior samples
+
+
+def test_full_trainer_gradient_checkpointing_changes_memory_not_results(catsith_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    def run(checkpointing: bool) -> FullTrainer:
+        exp = experiment(TINY_BASE_CONFIG, catsith_cache, train={"batch_size": 4, "gradient_checkpointing":
+                                                                 checkpointing}, full={"vae_steps": 1,
+                                                                                       "vae_batch_size": 4})
+        trainer = FullTrainer(exp, tmp_path / str(checkpointing))
+        trainer.setup()
+        trainer.train(2, _quiet)
+        return trainer
+
+    plain, checkpointed = run(False), run(True)
+    assert checkpointed.parts.unet.is_gradient_checkpointing and checkpointed.parts.vae.is_gradient_checkpointing
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.parts.text_encoder.modules())
+    assert not plain.parts.unet.is_gradient_checkpointing
+    for name, want in _all_weights(plain).items():
+        torch.testing.assert_close(_all_weights(checkpointed)[name], want, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_full_trainer_on_cuda_mixed_precision(catsith_cache: Path, tmp_path: Path) -> None:
+    exp = experiment(TINY_BASE_CONFIG, catsith_cache, train={"device": "auto", "mixed_precision": "auto",
+                                                             "gradient_accumulation_steps": 2, "batch_size": 4},
+                     full={"vae_steps": 2, "vae_batch_size": 4})
+    trainer = FullTrainer(exp, tmp_path)
+    trainer.setup()
+    assert trainer.rt.device.type == "cuda" and trainer.rt.dtype in (torch.bfloat16, torch.float16)
+    before = _all_weights(trainer)
+    metrics = trainer.train(4, _quiet)  # both phases
+    assert trainer.step == 4 and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    after = _all_weights(trainer)
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in after.values())
+    assert any(not torch.equal(before[k], v) for k, v in after.items() if k.startswith("unet."))

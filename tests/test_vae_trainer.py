@@ -1,6 +1,6 @@
 """The SpriteVAE trainer on a real tiny model (no mocks): exact checkpoint resume (BatchNorm statistics
 and the entity-grouped data order included), the plain trial loop with its metrics, grid and checked
-ONNX export, non-finite losses, export formats and step budgets."""
+ONNX export, non-finite losses and epoch budgets (export formats: tests/test_trainers.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from catsith_sweep.config.schema import Experiment
-from catsith_sweep.errors import UserInputError
 from catsith_sweep.export import onnx_vae
 from catsith_sweep.trainers import make_trainer
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
@@ -103,6 +102,7 @@ def test_run_trial_vae_metrics_grid_and_checked_onnx(catsith_cache: Path, tmp_pa
                     "active_latents", "palette_distance", "palette_distance_prior"):
             assert key in r.metrics and np.isfinite(r.metrics[key]), key
         assert "sprite_fid" not in r.metrics  # no LoRA metric name with another meaning
+        assert set(r.metrics) == set(VaeTrainer.surface.metric_names(exp))  # exactly what it declares
         assert 0 < r.metrics["recon_mse"] < 1 and r.metrics["psnr"] > 0 and r.metrics["kl"] >= 0
         assert 0 <= r.metrics["palette_distance"] <= 1 and 0 <= r.metrics["palette_distance_prior"] <= 1
         samples = r.images["samples"]
@@ -178,13 +178,20 @@ def test_perceptual_distance_is_the_metric_with_gradients(catsith_cache: Path, t
     assert not any(p.requires_grad for p in net.parameters())
 
 
-def test_export_formats_and_epochs(catsith_cache: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="do not apply to the vae trainer"):
-        VaeTrainer(vae_experiment(catsith_cache, export={"formats": ["peft_safetensors"]}), tmp_path).setup()
-    exp = vae_experiment(catsith_cache, train={"max_steps": None, "epochs": 2, "gradient_accumulation_steps": 2})
+def test_epoch_budget_is_what_the_sweep_plans(catsith_cache: Path, tmp_path: Path) -> None:
+    """An epoch budget counts entity-grouped batches of the train split, 2 to a step: the sweep's plan
+    (before any trial) is what the trial takes and reports."""
+    from catsith_sweep.trainers import planned_budget
+
+    exp = vae_experiment(catsith_cache, train={"max_steps": None, "epochs": 2, "gradient_accumulation_steps": 2},
+                         eval={"every_n_steps": 3})
+    steps, evaluations = planned_budget(exp)
+    reports: list[Report] = []
     trainer = VaeTrainer(exp, tmp_path)
-    trainer.setup()
-    assert trainer.total_steps() == -(-len(trainer.sampler) // 2) * 2
+    run_trial(trainer, exp, tmp_path, reports.append)
+    assert trainer.step == trainer.total_steps() == steps == -(-len(trainer.sampler) // 2) * 2
+    evals = [r for r in reports if r.checkpoint is not None]
+    assert len(evals) == evaluations == -(-steps // 3) and evals[-1].step == steps
     assert set(trainer.train_indices).isdisjoint(trainer.eval_indices)
     entities = [trainer.dataset.entities[i] for i in trainer.eval_indices]
     assert not set(entities) & {trainer.dataset.entities[i] for i in trainer.train_indices}  # held-out entities

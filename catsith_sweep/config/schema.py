@@ -10,7 +10,7 @@ never special-cases a trainer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -31,6 +31,9 @@ class Section(BaseModel):
         """Pydantic's lax mode reads `rank: true` as 1 and `enabled: 1` as true; refuse both."""
         field = cls.model_fields.get(info.field_name or "")
         return value if field is None else check_bool_int(value, field.annotation)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class ModelSection(Section):
@@ -347,6 +350,14 @@ class Experiment(Section):
     def trainer_section(self) -> Section:
         section = getattr(self, self.trainer)
         assert section is not None  # filled by _fill_trainer_section
+        return section
+
+    def trainer_config(self, kind: type[SectionT]) -> SectionT:
+        """The chosen trainer's section, typed: `experiment.trainer_config(LoraSection)` in the LoRA
+        trainer (a TypeError when the experiment is for another trainer)."""
+        section = self.trainer_section
+        if not isinstance(section, kind):
+            raise TypeError(f"trainer `{self.trainer}` has a {type(section).__name__}, not a {kind.__name__}")
         return section
 
     @property

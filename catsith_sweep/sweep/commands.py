@@ -22,10 +22,10 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     from catsith_sweep.data.source import dataset_root
     from catsith_sweep.data.validate import validate_dataset
     from catsith_sweep.models.base_source import base_location, builtin_ready
-    from catsith_sweep.trainers import NEEDS_BASE, require_implemented
+    from catsith_sweep.trainers import NEEDS_BASE, check_experiment, planned_budget
 
     exp = loaded.experiment
-    require_implemented(exp, loaded.path)
+    check_experiment(loaded)
     if exp.data.path is not None:
         report = str(validate_dataset(Path(exp.data.path)))
     else:
@@ -40,8 +40,7 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     rows = [
         ("trainer", exp.trainer), ("dataset", report), ("base model", base),
         ("trials", f"{search.num_samples}, {search.max_concurrent_trials} at a time"),
-        ("budget per trial", f"{exp.train.max_steps or str(exp.train.epochs) + ' epochs'} steps, "
-                             f"evaluation every {exp.eval.every_n_steps}"),
+        ("budget per trial", _budget(exp, planned_budget(exp))),
         ("search", f"{search.sampler} over {', '.join(loaded.space) or '(nothing)'}; "
                    f"{', '.join(f'{m} ({d})' for m, d in zip(search.metrics(), search.modes(), strict=True))}"),
         ("scheduler", search.scheduler), ("resources per trial", f"cpu {exp.resources.cpu}, gpu {exp.resources.gpu}"),
@@ -50,6 +49,11 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     out.print(table)
+
+
+def _budget(exp: Any, planned: tuple[int, int]) -> str:
+    epochs = f" ({exp.train.epochs} epochs)" if exp.train.epochs else ""
+    return f"{planned[0]} steps{epochs}, evaluation every {exp.eval.every_n_steps}: {planned[1]} evaluations"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -122,9 +122,16 @@ def quiet_driver() -> None:
 
 
 def budget_evaluations(loaded: LoadedExperiment) -> int:
+    """Evaluations of the longest trial the sweep can sample, counted from the trainer's own step
+    count (an epoch budget needs the dataset, so call this after `prepare`): the time limit of
+    early-stopping schedulers, which must not cut a trial before its last evaluation."""
+    from catsith_sweep.config import apply_params
+    from catsith_sweep.trainers import planned_budget
+    from catsith_sweep.trainers.surface import budget_variants
+
     exp = loaded.experiment
-    steps = exp.train.max_steps or 0
-    return max(1, -(-steps // exp.eval.every_n_steps)) if steps else 10
+    return max(planned_budget(apply_params(exp, params) if params else exp)[1]
+               for params in budget_variants(exp, loaded.space))
 
 
 def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_uri: str | None = None,

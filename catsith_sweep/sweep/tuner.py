@@ -23,7 +23,8 @@ def _scheduler(loaded: LoadedExperiment, max_evaluations: int) -> Any:
 
     search = loaded.experiment.search
     if search.scheduler == "asha":
-        # Time is counted in evaluations (the only results trials send), plus the final report.
+        # Time is counted in evaluations (the only results trials send), plus the final report;
+        # `max_evaluations` is the longest trial's (driver.budget_evaluations), so none is cut short.
         return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations + 1,
                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     if search.scheduler == "median":

@@ -13,11 +13,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from catsith_sweep.config.loader import dump_resolved
 from catsith_sweep.config.schema import Experiment
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.trainers.surface import TrainerSurface
 
 RESOLVED_CONFIG = "config.yaml"
 
@@ -51,14 +52,21 @@ Reporter = Callable[[Report], None]
 class Trainer(Protocol):
     """What every trainer (LoRA, SpriteVAE, distillation, full training) provides."""
 
+    surface: ClassVar[TrainerSurface]
+    """What it reads, writes and reports (checked by `validate`; see `trainers.surface`)."""
     step: int
     """Optimizer steps taken so far."""
+
+    @staticmethod
+    def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
+        """Micro-batches in one pass over its training data (what `train.epochs` counts)."""
+        ...
 
     def setup(self) -> None:
         """Load data and models, build optimizer and schedule. Heavy work lives here, not in __init__."""
 
     def total_steps(self) -> int:
-        """The trial's step budget, from `train.max_steps` or `train.epochs`."""
+        """The trial's step budget: `surface.budget_steps` over `batches_per_epoch`."""
         ...
 
     def train(self, steps: int, log: Callable[[int, dict[str, float]], None]) -> dict[str, float]:

@@ -28,11 +28,10 @@ Exports (`export.formats`, default `onnx`): `sprite_vae_encoder.onnx` and `sprit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,13 +42,14 @@ from catsith_sweep.io import atomic_write_text
 from catsith_sweep.models.sprite_vae import SpriteVAE, direction_consistency_loss, kl_warmup_factor, vae_loss
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
-from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
+from catsith_sweep.trainers.surface import VAE, TrainerSurface, budget_steps
 
 WEIGHTS_FILE = "sprite_vae.safetensors"
 CONFIG_FILE = "sprite_vae_config.json"
 CHECK_FILE = "onnx_check.json"
 SAMPLES_ARRAYS = "samples.safetensors"
-EXPORT_FORMATS = ("onnx",)
 GRID_COLUMNS = 8
 PRIOR_SEED_OFFSET = 1_000_003  # prior latents of the metrics: fixed per train.seed, apart from training noise
 ACTIVE_THRESHOLD = 0.01
@@ -76,42 +76,33 @@ def perceptual_distance(net: Any, recon: torch.Tensor, target: torch.Tensor) -> 
 class VaeTrainer:
     """Trains a SpriteVAE; exports the two ONNX graphs CatSith runs, plus its safetensors weights."""
 
+    surface: ClassVar[TrainerSurface] = VAE
+
     def __init__(self, experiment: Experiment, workdir: Path) -> None:
         self.exp = experiment
-        self.cfg: VaeSection = experiment.trainer_section  # type: ignore[assignment]
+        self.cfg = experiment.trainer_config(VaeSection)
         self.workdir = workdir
         self.step = 0
         self._net: Any = None
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from catsith_sweep.data.dataset import EntityBatchSampler, split_indices
-
         train = self.exp.train
-        unsupported = sorted(set(self.exp.export.formats or EXPORT_FORMATS) - set(EXPORT_FORMATS))
-        if unsupported:
-            raise UserInputError(f"export.formats {unsupported} do not apply to the vae trainer; it exports "
-                                 f"{', '.join(EXPORT_FORMATS)} (and always its safetensors weights)")
-        torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
-        self.device = D.resolve_device(train.device)
-        self.dtype = D.resolve_dtype(train.mixed_precision, self.device)
-        self.generator = seed_everything(train.seed)
+        self.formats = self.surface.formats(self.exp)  # refused now, not after the whole budget
+        self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
         if self.dataset.size % 2 ** len(self.cfg.hidden_dims):
             raise UserInputError(f"vae.hidden_dims has {len(self.cfg.hidden_dims)} down-sampling blocks, so the "
                                  f"sprite size must be a multiple of {2 ** len(self.cfg.hidden_dims)}; "
                                  f"the dataset's is {self.dataset.size}")
-        self.train_indices, val = split_indices(self.dataset, self.exp.data.val_fraction, train.seed)
-        self.eval_indices = val or list(range(len(self.dataset)))
-        self.sampler = EntityBatchSampler(self.dataset, train.batch_size, train.seed, indices=self.train_indices)
+        self.train_indices, self.eval_indices, self.sampler = self.split(self.exp, self.dataset)
         self.epoch, self.batch_pos = 0, 0
         self._epoch_batches: list[list[int]] | None = None
-        self.model = SpriteVAE(self.cfg.latent_dim, self.cfg.hidden_dims, self.dataset.size, 4).to(self.device)
+        self.model = SpriteVAE(self.cfg.latent_dim, self.cfg.hidden_dims, self.dataset.size, 4).to(self.rt.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate,
                                      weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         if self.cfg.perceptual_weight > 0:  # trained on first use: now, not inside the first step
             self.sprite_net()
 
@@ -121,14 +112,27 @@ class VaeTrainer:
         if self._net is None:
             from catsith_sweep.trainers.sampling import sprite_net
 
-            self._net = sprite_net(self.dataset, self.exp).to(self.device).eval().requires_grad_(False)
+            self._net = sprite_net(self.dataset, self.exp).to(self.rt.device).eval().requires_grad_(False)
         return self._net
 
+    @staticmethod
+    def split(experiment: Experiment, dataset: Any) -> tuple[list[int], list[int], Any]:
+        """(train indices, evaluation indices, the train split's entity-grouped batch sampler):
+        `data.val_fraction` of the entities held out; evaluation on all of them when none is."""
+        from catsith_sweep.data.dataset import EntityBatchSampler, split_indices
+
+        train = experiment.train
+        train_indices, val = split_indices(dataset, experiment.data.val_fraction, train.seed)
+        sampler = EntityBatchSampler(dataset, train.batch_size, train.seed, indices=train_indices)
+        return train_indices, val or list(range(len(dataset))), sampler
+
+    @classmethod
+    def batches_per_epoch(cls, experiment: Experiment, dataset: Any) -> int:
+        """Entity-grouped batches in one pass over the train split (its first epoch's count)."""
+        return len(cls.split(experiment, dataset)[2])
+
     def total_steps(self) -> int:
-        train = self.exp.train
-        if train.max_steps is not None:
-            return train.max_steps
-        return -(-len(self.sampler) // train.gradient_accumulation_steps) * int(train.epochs or 1)
+        return budget_steps(self.exp, lambda: len(self.sampler))
 
     # ---- training ----------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -147,26 +151,21 @@ class VaeTrainer:
             return torch.stack([self.dataset[i]["image"] for i in indices])
         return self.dataset.images[indices]
 
-    def _autocast(self) -> Any:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _loss(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        x = self._images(indices).to(self.device)
+        x = self._images(indices).to(self.rt.device)
         entities = [self.dataset.entities[i] for i in indices]
         kl_weight = kl_warmup_factor(self.step, self.cfg.kl_warmup_steps)
-        with self._autocast():
+        with autocast(self.rt):
             mu, log_var = self.model.encoder(x)
             # Noise from the trainer's CPU generator: a CUDA run draws what a CPU run draws, and the
             # checkpoint's one generator state covers it.
-            eps = torch.randn(mu.shape, generator=self.generator).to(mu.device, mu.dtype)
+            eps = torch.randn(mu.shape, generator=self.rt.generator).to(mu.device, mu.dtype)
             recon = self.model.decoder(mu + eps * torch.exp(0.5 * log_var))
         recon, mu, log_var = recon.float(), mu.float(), log_var.float()
         parts = vae_loss(recon, x, mu, log_var, beta=self.cfg.beta * kl_weight)
         direction = direction_consistency_loss(mu, entities)
         loss = parts["total"] + self.cfg.direction_weight * direction
-        perceptual = torch.zeros((), device=self.device)
+        perceptual = torch.zeros((), device=self.rt.device)
         if self.cfg.perceptual_weight > 0:
             perceptual = perceptual_distance(self.sprite_net(), recon, x).mean()
             loss = loss + self.cfg.perceptual_weight * perceptual
@@ -182,18 +181,12 @@ class VaeTrainer:
             sums: dict[str, float] = {}
             for _ in range(accum):
                 loss, parts = self._loss(self._next_batch())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}: {parts}")
-                self.scaler.scale(loss / accum).backward()
+                check_finite(loss, self.step, parts)
+                backward(self.rt, loss, accum)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value / accum
-            self.scaler.unscale_(self.opt)
-            if self.exp.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.max_grad_norm)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
+            optimizer_step(self.rt, self.opt, self.model.parameters(), max_grad_norm=self.exp.train.max_grad_norm,
+                           scheduler=self.sched)
             self.step += 1
             metrics = {**sums, "lr": float(self.sched.get_last_lr()[0])}
             log(self.step, metrics)
@@ -202,12 +195,13 @@ class VaeTrainer:
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def _encode(self, images: torch.Tensor, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = [self.model.encoder(images[s:s + batch_size].to(self.device)) for s in range(0, len(images), batch_size)]
+        outs = [self.model.encoder(images[s:s + batch_size].to(self.rt.device))
+                for s in range(0, len(images), batch_size)]
         return torch.cat([o[0] for o in outs]).float().cpu(), torch.cat([o[1] for o in outs]).float().cpu()
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        return torch.cat([self.model.decoder(latents[s:s + batch_size].to(self.device)).float().cpu()
+        return torch.cat([self.model.decoder(latents[s:s + batch_size].to(self.rt.device)).float().cpu()
                           for s in range(0, len(latents), batch_size)])
 
     def prior_latents(self, count: int) -> torch.Tensor:
@@ -270,22 +264,20 @@ class VaeTrainer:
     def save(self, directory: Path) -> None:
         # The whole state dict: BatchNorm running statistics are state as much as the weights.
         save_checkpoint(directory, modules={"vae": self.model}, optimizers={"main": self.opt},
-                        schedulers={"main": self.sched}, generator=self.generator, step=self.step,
-                        extra={"epoch": self.epoch, "batch_pos": self.batch_pos,
-                               "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None})
+                        schedulers={"main": self.sched}, generator=self.rt.generator, step=self.step,
+                        extra={"epoch": self.epoch, "batch_pos": self.batch_pos}, scaler=self.rt.scaler)
 
     def restore(self, directory: Path) -> None:
         meta = load_checkpoint(directory, modules={"vae": self.model}, optimizers={"main": self.opt},
-                               schedulers={"main": self.sched}, generator=self.generator)
+                               schedulers={"main": self.sched}, generator=self.rt.generator,
+                               scaler=self.rt.scaler)
         self.step = int(meta["step"])
         self.epoch, self.batch_pos, self._epoch_batches = int(meta["epoch"]), int(meta["batch_pos"]), None
-        if meta.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(meta["scaler"])
 
     def export(self, directory: Path) -> dict[str, Path]:
         from safetensors.torch import save_file
 
-        formats: list[str] = list(self.exp.export.formats or EXPORT_FORMATS)
+        formats = self.surface.formats(self.exp)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.eval()
         out: dict[str, Path] = {"weights": directory / WEIGHTS_FILE, "vae_config": directory / CONFIG_FILE}
