@@ -51,9 +51,9 @@ def test_unknown_block_names_list_what_the_unet_has() -> None:
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    with pytest.raises(KeyError, match="up_blocks.7.*down_blocks.0"):
-        with tap_blocks(unet, ["up_blocks.7"], pairs=1, detach=True):
-            pass
+    with pytest.raises(KeyError, match="up_blocks.7.*down_blocks.0"), \
+            tap_blocks(unet, ["up_blocks.7"], pairs=1, detach=True):
+        pass
 
 
 def test_normalizer_divides_by_first_values_and_restores() -> None:
