@@ -117,7 +117,7 @@ def _short_param(value: Any) -> str:
 def trial_name(trial: Any) -> str:
     """`#3 rank=4 alpha=4.34 lr=9.0e-4`: Tune's `trial_name_creator`. Tune shows it, and the trial's
     MLflow run takes it as its name (the trial id stays in the run's `catsith.trial_id` tag)."""
-    values = " ".join(f"{_short_key(k)}={_short_param(v)}" for k, v in sorted(trial.config.items()))
+    values = " ".join(f"{_short_key(k)}={_short_param(v)}" for k, v in trial.config.items())
     return " ".join(part for part in (_number(trial) or trial.trial_id, values) if part)[:250]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from catsith_sweep.config import LoadedExperiment, dump_resolved
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.io import atomic_write_text
-from catsith_sweep.tracking import Outcome, SweepRun, TrialRow, rank
+from catsith_sweep.tracking import Outcome, SweepRun, SweepStatus, TrialRow, rank
 
 STATE_FILE = "sweep.json"
 RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters
@@ -66,7 +66,7 @@ def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
         if not state_path.is_file():
             continue
         state = json.loads(state_path.read_text())
-        if state.get("status") == "finished":
+        if state.get("status") == SweepStatus.FINISHED.value:
             return None
         return sweep_dir if state.get("fingerprint") == fingerprint else None
     return None
@@ -158,7 +158,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
     sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
     sweep = _sweep_run(uri, parent_run_id)
-    with _ends_runs_on_failure(uri, sweep, sweep_dir):
+    with ending_runs_on_failure(uri, sweep, sweep_dir):
         return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address)
 
 
@@ -175,14 +175,14 @@ def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir
         log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id}): Ray's saved "
             f"state is unpickled from {sweep_dir / 'tune'} (runs/ must be yours alone: see README)")
         sweep_runs.reopen_sweep_run(uri, parent_run_id)
-        write_state(sweep_dir, status="running")
+        write_state(sweep_dir, status=SweepStatus.RUNNING.value)
         return sweep_dir, parent_run_id
     sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
     sweep_dir.mkdir(parents=True, exist_ok=False)
     parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
-    write_state(sweep_dir, parent_run_id=parent_run_id, status="running", fingerprint=fingerprint,
+    write_state(sweep_dir, parent_run_id=parent_run_id, status=SweepStatus.RUNNING.value, fingerprint=fingerprint,
                 experiment=str(loaded.path), tracking_uri=redact_uri(uri), experiment_id=experiment_id)
-    with _ends_runs_on_failure(uri, _sweep_run(uri, parent_run_id), sweep_dir):
+    with ending_runs_on_failure(uri, _sweep_run(uri, parent_run_id), sweep_dir):
         log("evaluating the starting point (no training) as the baseline")
         baseline = log_baseline(uri, parent_run_id, loaded, sweep_dir / "baseline")
     write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
@@ -196,10 +196,10 @@ def _sweep_run(uri: str, parent_run_id: str) -> SweepRun:
 
 
 @contextlib.contextmanager
-def _ends_runs_on_failure(uri: str, sweep: SweepRun, sweep_dir: Path) -> Iterator[None]:
+def ending_runs_on_failure(uri: str, sweep: SweepRun, sweep_dir: Path) -> Iterator[None]:
     """On Ctrl-C, SIGTERM or an error: end the parent run and the open trial runs with what happened,
     mark `sweep.json`, and let the exception go on (the CLI reports it)."""
-    from catsith_sweep.tracking import SweepStatus, sweep_runs
+    from catsith_sweep.tracking import sweep_runs
 
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
@@ -209,11 +209,13 @@ def _ends_runs_on_failure(uri: str, sweep: SweepRun, sweep_dir: Path) -> Iterato
         yield
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
-            status, why = SweepStatus.INTERRUPTED, f"interrupted ({exc or 'Ctrl-C'})"
+            status, why = SweepStatus.INTERRUPTED, f"interrupted ({str(exc) or 'Ctrl-C'})"
         else:
             status, why = SweepStatus.FAILED, f"driver error: {type(exc).__name__}: {exc}"
-        sweep_runs.end_open_trials(uri, sweep.experiment_id, sweep.run_id, why)
-        sweep_runs.end_sweep_run(uri, sweep.run_id, status, why)
+        try:
+            sweep_runs.end_sweep_run(uri, sweep, status, why)
+        except Exception as cleanup:  # e.g. the store is what failed: the first error is the one to see
+            exc.add_note(f"also: ending the sweep's MLflow runs failed ({type(cleanup).__name__}: {cleanup})")
         write_state(sweep_dir, status=status.value, ended_by=why)
         raise
     finally:
@@ -234,7 +236,7 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
     from catsith_sweep.sweep.trainable import SweepContext
     from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
-    from catsith_sweep.tracking import SweepStatus, sweep_runs
+    from catsith_sweep.tracking import sweep_runs
 
     exp = loaded.experiment
     init_ray(address, trial_env())
@@ -253,13 +255,12 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     if results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         why = "interrupted (Ctrl-C): resumable with run --resume"
-        sweep_runs.end_open_trials(uri, sweep.experiment_id, sweep.run_id, why)
-        sweep_runs.end_sweep_run(uri, sweep.run_id, SweepStatus.INTERRUPTED, why)
-        write_state(sweep_dir, status="interrupted")
+        sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
+        write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
         return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
     rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
     best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
-    write_state(sweep_dir, status="finished", best=best.summary(sweep.metric) if best else None,
+    write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
                 counts={k.value: v for k, v in counts.items()})
     baseline = json.loads((sweep_dir / STATE_FILE).read_text()).get("baseline", {})
     return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=baseline, rows=rows, metric=sweep.metric,

@@ -115,7 +115,7 @@ def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, resul
                 + comparison_grid(uri, ranked[:TOP_K], plot_dir))
     sweep_runs.log_summary(uri, sweep.run_id, rows=rows, metric=sweep.metric, leaderboard=sweep_dir / LEADERBOARD_MD,
                            best=ranked[0] if ranked else None, counts=counts, plots=pictures)
-    sweep_runs.end_sweep_run(uri, sweep.run_id, SweepStatus.FINISHED)
+    sweep_runs.end_sweep_run(uri, sweep, SweepStatus.FINISHED)
     return rows, counts
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from catsith_sweep.tracking import child_runs, client, find_trial_run
 from catsith_sweep.tracking import tags as t
 from catsith_sweep.tracking.artifacts import BASELINE_DIR, INPUTS_DIR, LEADERBOARD_JSON, PLOTS_DIR
-from catsith_sweep.tracking.rows import Outcome, SweepStatus, TrialRow
+from catsith_sweep.tracking.rows import Outcome, SweepRun, SweepStatus, TrialRow
 
 MAX_PARAM_LEN = 6000
 
@@ -93,13 +93,16 @@ def log_summary(uri: str, run_id: str, *, rows: list[TrialRow], metric: str, lea
         c.log_artifact(run_id, str(path), PLOTS_DIR)
 
 
-def end_sweep_run(uri: str, run_id: str, status: SweepStatus, ended_by: str = "") -> None:
-    """End the parent run with `status`; `ended_by` says why when it did not finish."""
+def end_sweep_run(uri: str, sweep: SweepRun, status: SweepStatus, ended_by: str = "") -> None:
+    """End the parent run with `status`; `ended_by` says why when it did not finish. A sweep that did not
+    finish also ends its trials still open (KILLED, same `ended_by`)."""
+    if status is not SweepStatus.FINISHED:
+        end_open_trials(uri, sweep.experiment_id, sweep.run_id, ended_by)
     c = client(uri)
-    c.set_tag(run_id, t.SWEEP_STATUS, status.value)
+    c.set_tag(sweep.run_id, t.SWEEP_STATUS, status.value)
     if ended_by:
-        c.set_tag(run_id, t.ENDED_BY, ended_by[:5000])
-    c.set_terminated(run_id, status.mlflow_status)
+        c.set_tag(sweep.run_id, t.ENDED_BY, ended_by[:5000])
+    c.set_terminated(sweep.run_id, status.mlflow_status)
 
 
 def end_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, outcome: Outcome) -> None:
