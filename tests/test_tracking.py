@@ -126,9 +126,16 @@ def _run_status(uri: str, run_id: str) -> tuple[str, dict[str, str]]:
     return run.info.status, run.data.tags
 
 
+def _fail(exc: BaseException) -> Any:
+    def raise_it() -> None:
+        raise exc
+
+    return raise_it
+
+
 @pytest.mark.parametrize(("raise_it", "status", "sweep_status", "ended_by"), [
-    (lambda: (_ for _ in ()).throw(RuntimeError("disk full")), "FAILED", "failed", "driver error: RuntimeError: disk full"),
-    (lambda: (_ for _ in ()).throw(KeyboardInterrupt()), "KILLED", "interrupted", "interrupted (Ctrl-C)"),
+    (_fail(RuntimeError("disk full")), "FAILED", "failed", "driver error: RuntimeError: disk full"),
+    (_fail(KeyboardInterrupt()), "KILLED", "interrupted", "interrupted (Ctrl-C)"),
     (lambda: os.kill(os.getpid(), signal.SIGTERM), "KILLED", "interrupted", "interrupted (signal SIGTERM)"),
 ])
 def test_a_stopped_driver_ends_its_runs(tmp_path: Path, raise_it: Any, status: str, sweep_status: str,
