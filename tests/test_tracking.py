@@ -24,6 +24,12 @@ EXP = "tracked"
 SECRET = "s3cret-token"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new sqlite store keeps its artifacts in ./mlruns: keep them in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.mark.parametrize(("uri", "shown"), [
     (f"https://alice:{SECRET}@mlflow.example.com/x", "https://alice:***@mlflow.example.com/x"),
     (f"https://{SECRET}@mlflow.example.com", "https://***@mlflow.example.com"),
