@@ -194,6 +194,14 @@ def test_parent_run_inputs_and_plan_keep_credentials_out(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert SECRET not in out and "alice:***@mlflow.example.com" in " ".join(out.split())
 
+    # What trials get as their experiment (logged as `config.*` params and export/config.yaml).
+    from catsith_sweep.sweep.summary import public_experiment
+
+    public = public_experiment(loaded.experiment)
+    params = tracking.flatten(public.model_dump(mode="json"))
+    assert params["tracking.uri"] == "https://alice:***@mlflow.example.com/"
+    assert public.model_copy(update={"tracking": loaded.experiment.tracking}) == loaded.experiment
+
 
 def test_trials_are_named_for_a_person() -> None:
     from ray.tune.experiment import Trial

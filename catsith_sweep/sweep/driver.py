@@ -172,8 +172,9 @@ def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir
     if sweep_dir is not None:
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         parent_run_id = state["parent_run_id"]
-        log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id}): Ray's saved "
-            f"state is unpickled from {sweep_dir / 'tune'} (runs/ must be yours alone: see README)")
+        log(f"continuing {state.get('status', 'unfinished')} sweep {sweep_dir.name} (same config; MLflow parent "
+            f"run {parent_run_id}): Ray's saved state is unpickled from {sweep_dir / 'tune'} (runs/ must be "
+            "yours alone: see README)")
         sweep_runs.reopen_sweep_run(uri, parent_run_id)
         write_state(sweep_dir, status=SweepStatus.RUNNING.value)
         return sweep_dir, parent_run_id
