@@ -7,18 +7,22 @@ was interrupted continues that sweep (same config) with `Tuner.restore`; `--resu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catsith_sweep.config import LoadedExperiment, dump_resolved
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.tracking import Outcome, SweepRun, SweepStatus, TrialRow, rank
 
 STATE_FILE = "sweep.json"
 RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters
@@ -28,10 +32,14 @@ RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 ch
 class SweepOutcome:
     sweep_dir: Path
     parent_run_id: str
-    best: dict[str, Any] | None
-    counts: dict[str, int]
+    best: TrialRow | None
+    counts: dict[Outcome, int]
     interrupted: bool = False
     baseline: dict[str, float] | None = None
+    rows: list[TrialRow] = field(default_factory=list)
+    """Every trial, as the leaderboard shows them."""
+    metric: str = ""
+    mode: str = "min"
 
 
 def git_commit() -> str:
@@ -58,7 +66,7 @@ def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
         if not state_path.is_file():
             continue
         state = json.loads(state_path.read_text())
-        if state.get("status") == "finished":
+        if state.get("status") == SweepStatus.FINISHED.value:
             return None
         return sweep_dir if state.get("fingerprint") == fingerprint else None
     return None
@@ -136,9 +144,13 @@ def budget_evaluations(loaded: LoadedExperiment) -> int:
 
 def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_uri: str | None = None,
               resume: bool = False, runs_root: Path = Path("runs"), log: Any = print) -> SweepOutcome:
-    """Run (or continue) the sweep of `loaded`; returns where it lives and how it went."""
+    """Run (or continue) the sweep of `loaded`; returns where it lives and how it went.
+
+    Once the parent run is open, the sweep ends it whatever happens: finished; interrupted (Ctrl-C,
+    SIGTERM: resumable, runs ended as KILLED); or failed (the driver's error, runs ended as FAILED/KILLED),
+    each with `catsith.ended_by` saying why. Only SIGKILL can leave runs RUNNING.
+    """
     from catsith_sweep import tracking
-    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
     from catsith_sweep.trainers import prepare
 
     exp = loaded.experiment
@@ -150,48 +162,114 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
     quiet_driver()
     dataset_dir = prepare(exp, log=log)
-    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
-
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
+    sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
+    sweep = _sweep_run(uri, parent_run_id)
+    with ending_runs_on_failure(uri, sweep, sweep_dir):
+        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address)
+
+
+def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
+                fingerprint: str, log: Any) -> tuple[Path, str]:
+    """(sweep folder, parent run id): the interrupted sweep `sweep_dir` reopened, or a new one with its
+    parent run and baseline."""
+    from catsith_sweep.sweep.summary import log_baseline, start_parent_run
+    from catsith_sweep.tracking import redact_uri, sweep_runs
+
     if sweep_dir is not None:
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         parent_run_id = state["parent_run_id"]
-        log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id})")
-    else:
-        sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
-        sweep_dir.mkdir(parents=True, exist_ok=False)
-        from catsith_sweep.sweep.summary import start_parent_run
-
-        parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
-        write_state(sweep_dir, parent_run_id=parent_run_id, status="running", fingerprint=fingerprint,
-                    experiment=str(loaded.path), tracking_uri=uri, experiment_id=experiment_id)
-        from catsith_sweep.sweep.summary import log_baseline
-
+        log(f"continuing {state.get('status', 'unfinished')} sweep {sweep_dir.name} (same config; MLflow parent "
+            f"run {parent_run_id}): Ray's saved state is unpickled from {sweep_dir / 'tune'} (runs/ must be "
+            "yours alone: see README)")
+        sweep_runs.reopen_sweep_run(uri, parent_run_id)
+        write_state(sweep_dir, status=SweepStatus.RUNNING.value)
+        return sweep_dir, parent_run_id
+    sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
+    sweep_dir.mkdir(parents=True, exist_ok=False)
+    parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
+    write_state(sweep_dir, parent_run_id=parent_run_id, status=SweepStatus.RUNNING.value, fingerprint=fingerprint,
+                experiment=str(loaded.path), tracking_uri=redact_uri(uri), experiment_id=experiment_id)
+    with ending_runs_on_failure(uri, _sweep_run(uri, parent_run_id), sweep_dir):
         log("evaluating the starting point (no training) as the baseline")
         baseline = log_baseline(uri, parent_run_id, loaded, sweep_dir / "baseline")
-        write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
+    write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
+    return sweep_dir, parent_run_id
+
+
+def _sweep_run(uri: str, parent_run_id: str) -> SweepRun:
+    from catsith_sweep.tracking import queries
+
+    return queries.sweep_by_run_id(uri, parent_run_id)
+
+
+@contextlib.contextmanager
+def ending_runs_on_failure(uri: str, sweep: SweepRun, sweep_dir: Path) -> Iterator[None]:
+    """On Ctrl-C, SIGTERM or an error: end the parent run and the open trial runs with what happened,
+    mark `sweep.json`, and let the exception go on (the CLI reports it)."""
+    from catsith_sweep.tracking import sweep_runs
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            status, why = SweepStatus.INTERRUPTED, f"interrupted ({str(exc) or 'Ctrl-C'})"
+        else:
+            status, why = SweepStatus.FAILED, f"driver error: {type(exc).__name__}: {exc}"
+        try:
+            sweep_runs.end_sweep_run(uri, sweep, status, why)
+        except Exception as cleanup:  # e.g. the store is what failed: the first error is the one to see
+            exc.add_note(f"also: ending the sweep's MLflow runs failed ({type(cleanup).__name__}: {cleanup})")
+        write_state(sweep_dir, status=status.value, ended_by=why)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
+               address: str | None) -> SweepOutcome:
+    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
+    from catsith_sweep.sweep.space import optuna_space
+    from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
+    from catsith_sweep.sweep.trainable import SweepContext
+    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
+    from catsith_sweep.tracking import sweep_runs
+
+    exp = loaded.experiment
     init_ray(address, trial_env())
     check_tracking_reaches_workers(uri, address)
-    from catsith_sweep.sweep.trainable import SweepContext
-
     context = SweepContext(
-        experiment=exp.model_dump(mode="json"), fixed_params={}, tracking_uri=uri, experiment_id=experiment_id,
-        parent_run_id=parent_run_id, sweep_id=sweep_dir.name, git_commit=git_commit(),
-        dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
+        experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
+        tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
+        git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
     )
     tune_dir = sweep_dir / "tune"
     if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
-        tuner, outcomes = restore_tuner(loaded, context, tune_dir)
+        tuner, _ = restore_tuner(loaded, context, tune_dir)
     else:
-        tuner, outcomes = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
+        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
-        write_state(sweep_dir, status="interrupted")
-        return SweepOutcome(sweep_dir, parent_run_id, None, {}, interrupted=True)
-    from catsith_sweep.sweep.summary import finish_parent_run
-
-    best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)
-    write_state(sweep_dir, status="finished", best=best, counts=counts)
+        why = "interrupted (Ctrl-C): resumable with run --resume"
+        sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
+        write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
+        return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
+    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
+    best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
+    write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
+                counts={k.value: v for k, v in counts.items()})
     baseline = json.loads((sweep_dir / STATE_FILE).read_text()).get("baseline", {})
-    return SweepOutcome(sweep_dir, parent_run_id, best, counts, baseline=baseline)
+    return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=baseline, rows=rows, metric=sweep.metric,
+                        mode=sweep.mode)
