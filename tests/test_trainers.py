@@ -438,7 +438,7 @@ def test_no_heldout_sprite_is_trained_on(trainer: str, overrides: dict[str, Any]
 
     monkeypatch.setattr(D, "to_vae_pixels", spy)
     exp = _diffusion_experiment(trainer, tiny_base, catsith_cache, **overrides)
-    trained = make_trainer(exp, tmp_path)
+    trained: Any = make_trainer(exp, tmp_path)
     trained.setup()
     trained.train(4, _quiet)
     split, images = trained.split, trained.dataset.images
