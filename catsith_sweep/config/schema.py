@@ -77,7 +77,12 @@ class DataSection(Section):
     resolution: int = Field(64, ge=8, le=1024)
     """Sprite size in pixels (square). CatSith's sprite preset is 64."""
     val_fraction: float = Field(0.15, ge=0, lt=1)
-    """Share of entities held out for evaluation (split by entity, never by image)."""
+    """Share of entities held out for evaluation, by every trainer (split by entity, never by image;
+    `data.split.split_by_entity`). Selection metrics are computed on the held-out side only; a split
+    with fewer than 8 held-out images is refused."""
+    split_seed: int = 0
+    """Seed of the held-out split. Its own key, not `train.seed`, so every trial of a sweep holds out
+    the same entities even when `train.seed` is searched: keep it fixed within a sweep."""
     augment: AugmentSection = Field(default_factory=AugmentSection)
     cache_latents: bool = True
     """Encode images and captions once and train on the cache (kohya's cache_latents). Ignored while

@@ -27,6 +27,7 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     from catsith_sweep.models.base_source import base_location, builtin_ready
     from catsith_sweep.tracking import redact_uri
     from catsith_sweep.trainers import NEEDS_BASE, check_experiment, planned_budget
+    from catsith_sweep.trainers.heldout import planned_split
 
     exp = loaded.experiment
     check_experiment(loaded)
@@ -42,7 +43,8 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     search = exp.search
     table = Table(title=f"plan: {exp.name}", show_header=False)
     rows = [
-        ("trainer", exp.trainer), ("dataset", report), ("base model", base),
+        ("trainer", exp.trainer), ("dataset", report), ("held-out split", planned_split(exp).describe()),
+        ("base model", base),
         ("trials", f"{search.num_samples}, {search.max_concurrent_trials} at a time"),
         ("budget per trial", _budget(exp, planned_budget(exp))),
         ("search", f"{search.sampler} over {', '.join(loaded.space) or '(nothing)'}; "

@@ -67,6 +67,8 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
     started = time.perf_counter()
 
     def report(r: Report) -> None:
+        if r.params:  # facts of the run (its held-out split, `split.*`), sent once
+            logger._log_params(r.params, {})
         logger.log_metrics(r.metrics, r.step)
         if not r.final:  # the final report repeats the last evaluation's images
             for key, path in r.images.items():
