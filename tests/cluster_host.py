@@ -15,6 +15,7 @@ named on the command line (`name:cpus` ...) are up. Closing stdin stops the clus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,10 +35,8 @@ def _kill_node(cluster: Any, node: Any) -> list[int]:
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
     victims = [raylet, *raylet.children(recursive=True)]
     for process in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     cluster.remove_node(node, allow_graceful=False)  # SIGKILLs the node's remaining processes
     return [p.pid for p in victims]
 

@@ -142,6 +142,35 @@ def check_tracking_reaches_workers(uri: str, address: str | None, experiment_id:
             "HTTP, `mlflow-artifacts:/`) or an object store (`--default-artifact-root s3://...`).")
 
 
+def explain_resume(uri: str, parent_run_id: str, state: dict[str, Any], log: Any) -> None:
+    """Say on the parent run (tag catsith.resumed) and in the output why the sweep is continued."""
+    from catsith_sweep import tracking
+
+    if state.get("status") == "interrupted":
+        reason = "the previous driver was interrupted (Ctrl-C or a stop signal) and saved Ray Tune's state"
+    else:
+        reason = ("the previous driver stopped without recording it (killed, crashed, or its machine lost): "
+                  "Ray Tune's last saved state is used; trials it had running restart from their last checkpoint")
+    log(f"resuming because {reason}")
+    c = tracking.client(uri)
+    previous = c.get_run(parent_run_id).data.tags.get("catsith.resumed")
+    note = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}"
+    c.set_tag(parent_run_id, "catsith.resumed", f"{previous}\n{note}"[-5000:] if previous else note)
+
+
+def close_orphaned_trial_runs(uri: str, experiment_id: str, parent_run_id: str, trial_ids: set[Any]) -> None:
+    """End child runs still RUNNING whose trial Ray Tune no longer knows: started just before a driver was
+    lost, after Tune last saved its state, they would otherwise stay RUNNING forever."""
+    from catsith_sweep import tracking
+
+    c = tracking.client(uri)
+    for run in tracking.child_runs(uri, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING" and run.data.tags.get(tracking.TAG_TRIAL) not in trial_ids:
+            c.set_tag(run.info.run_id, tracking.TAG_ERROR, "lost with the driver before Ray Tune saved the trial; "
+                      "its suggestion was run again under a new trial id")
+            c.set_terminated(run.info.run_id, "KILLED")
+
+
 def trial_env() -> dict[str, str]:
     keys = ("CATSITH_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_DISABLE_TELEMETRY",
             "HF_HOME", "NO_ALBUMENTATIONS_UPDATE")
@@ -193,6 +222,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         parent_run_id = state["parent_run_id"]
         log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id})")
+        explain_resume(uri, parent_run_id, state, log)
     else:
         sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
         sweep_dir.mkdir(parents=True, exist_ok=False)
@@ -225,6 +255,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         write_state(sweep_dir, status="interrupted")
         return SweepOutcome(sweep_dir, parent_run_id, None, {}, interrupted=True)
+    close_orphaned_trial_runs(uri, experiment_id, parent_run_id, {r.metrics.get("trial_id") for r in results})
     from catsith_sweep.sweep.summary import finish_parent_run
 
     best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)
