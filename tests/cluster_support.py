@@ -33,7 +33,7 @@ search:
     lora.rank: {{type: categorical, values: [2, 4]}}
     lora.target_modules: {{type: categorical, values: {targets}}}
   sampler: random
-  seed: 3
+  seed: {seed}
   scheduler: none
   num_samples: {samples}
   max_concurrent_trials: 1
@@ -42,9 +42,9 @@ search:
 
 
 def write_sweep(path: Path, *, name: str, base: Path, steps: int, every: int, samples: int,
-                max_failures: int = 2, targets: str = "[[to_q, to_v]]") -> Path:
+                max_failures: int = 2, targets: str = "[[to_q, to_v]]", seed: int = 0) -> Path:
     path.write_text(SWEEP.format(name=name, base=base, steps=steps, every=every, samples=samples,
-                                 max_failures=max_failures, targets=targets))
+                                 max_failures=max_failures, targets=targets, seed=seed))
     return path
 
 
