@@ -98,6 +98,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
     if address:
