@@ -57,12 +57,21 @@ def test_image_pins_what_the_tests_run_with() -> None:
     assert "torch==2.13.0" in (DOCKER / "Dockerfile").read_text()
 
 
-@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
-def test_docker_compose_config_accepts_it() -> None:
-    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    if plugin.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed")
+def _compose_command() -> list[str] | None:
+    """`docker compose` (the v2 plugin) or Debian's `docker-compose` (1.29), whichever is installed."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def test_compose_tool_accepts_it_and_demands_the_secrets() -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    args = [*command, "-p", "catsith", "-f", str(DOCKER / "docker-compose.yml"), "--profile", "gpu",
+            "--profile", "driver", "config", "--quiet"]
     env = {"RAY_AUTH_TOKEN": "x" * 64, "POSTGRES_PASSWORD": "y" * 32, "PATH": "/usr/bin:/bin:/usr/local/bin"}
-    checked = subprocess.run(["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "--profile", "gpu",
-                              "--profile", "driver", "config", "--quiet"], capture_output=True, text=True, env=env)
+    checked = subprocess.run(args, capture_output=True, text=True, env=env)
     assert checked.returncode == 0, checked.stderr
+    unset = subprocess.run(args, capture_output=True, text=True, env={"PATH": env["PATH"]})
+    assert unset.returncode != 0 and "RAY_AUTH_TOKEN" in unset.stderr
