@@ -73,5 +73,6 @@ def test_compose_tool_accepts_it_and_demands_the_secrets() -> None:
     env = {"RAY_AUTH_TOKEN": "x" * 64, "POSTGRES_PASSWORD": "y" * 32, "PATH": "/usr/bin:/bin:/usr/local/bin"}
     checked = subprocess.run(args, capture_output=True, text=True, env=env)
     assert checked.returncode == 0, checked.stderr
-    unset = subprocess.run(args, capture_output=True, text=True, env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"})
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    unset = subprocess.run(args, capture_output=True, text=True, env=no_token)
     assert unset.returncode != 0 and "RAY_AUTH_TOKEN" in unset.stderr
