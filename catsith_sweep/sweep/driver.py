@@ -78,33 +78,90 @@ def write_state(sweep_dir: Path, **state: Any) -> None:
     atomic_write_text(path, json.dumps({**current, **state}, indent=2))
 
 
+def _keep_local_ray_on_loopback() -> None:
+    """Make the Ray node this process starts or joins use 127.0.0.1, so it listens there only.
+
+    Ray 2.x binds its GCS, raylet, object manager and worker gRPC servers to the node's IP, and
+    `ray.init(_node_ip_address="127.0.0.1")` replaces a loopback address with the machine's routable one.
+    The one switch that makes Ray take the loopback address as the node IP is the one it uses on
+    Windows/macOS, where multi-node clusters are off: set for this process (read by `ray.init`) and its
+    children (the raylet passes it on to workers and the runtime-env agent)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ray is already imported: its constant is read at import
+
+
 def init_ray(address: str | None, env: dict[str, str]) -> None:
+    """Start a local Ray instance on 127.0.0.1 (no `address`) or join the cluster at `address`.
+
+    A local instance is reachable from this machine only, so it runs without Ray's token
+    authentication unless RAY_AUTH_MODE says otherwise; a cluster keeps Ray's default (token auth on,
+    with the token from RAY_AUTH_TOKEN or ~/.ray/auth_token) unless the user sets RAY_AUTH_MODE=disabled.
+    """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Trials send evaluation results only; failed trials report no metric (see trainable.py).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
     if address:
+        if is_loopback_address(address):  # a cluster on this machine only: Ray would rewrite 127.0.0.1
+            _keep_local_ray_on_loopback()
         ray.init(address=address, **kwargs)
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _keep_local_ray_on_loopback()
         ray.init(_temp_dir=RAY_TMP, **kwargs)
 
 
-def check_tracking_reaches_workers(uri: str, address: str | None) -> None:
-    """A sqlite file (or local artifact folder) on the driver cannot be written by other nodes."""
+def is_loopback_address(address: str) -> bool:
+    """`127.0.0.1:6379`, `localhost:6379`, `[::1]:6379` (optionally `ray://...`)."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_tracking_reaches_workers(uri: str, address: str | None, experiment_id: str | None = None) -> None:
+    """Trials on other nodes must reach the tracking store and its artifact store: a sqlite file on the
+    driver, or a server that hands out a local artifact folder, would leave their data on their own disks."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not uri.startswith(("http://", "https://", "databricks")):
+    if len(nodes) <= 1:
+        return
+    if not uri.startswith(("http://", "https://", "databricks")):
         raise UserInputError(
             f"tracking.uri is {uri!r}, a local store, but the Ray cluster at {address} has {len(nodes)} "
             "nodes: trials on other nodes cannot write to it. Start an MLflow server reachable from every "
             "node (`mlflow server --host 0.0.0.0 ...`) and pass --tracking-uri http://HOST:PORT")
+    if experiment_id is None or not uri.startswith(("http://", "https://")):
+        return
+    from catsith_sweep import tracking
+
+    location = tracking.artifact_location(uri, experiment_id)
+    if location.startswith(("file:", "/")):
+        raise UserInputError(
+            f"the MLflow server at {uri} stores this experiment's artifacts at {location!r}, a folder each "
+            f"trial would write on its own node ({len(nodes)} nodes here), so they would never reach the "
+            "server. Start the server with `--artifacts-destination DIR_OR_BUCKET` (artifacts proxied over "
+            "HTTP, `mlflow-artifacts:/`) or an object store (`--default-artifact-root s3://...`).")
+
+
+def explain_resume(uri: str, parent_run_id: str, state: dict[str, Any], log: Any) -> None:
+    """Say on the parent run (tag catsith.resumed) and in the output why the sweep is continued."""
+    from catsith_sweep.tracking import sweep_runs
+
+    if state.get("status") == "interrupted":
+        reason = "the previous driver was interrupted (Ctrl-C or a stop signal) and saved Ray Tune's state"
+    else:
+        reason = ("the previous driver stopped without recording it (killed, crashed, or its machine lost): "
+                  "Ray Tune's last saved state is used; trials it had running restart from their last checkpoint")
+    log(f"resuming because {reason}")
+    sweep_runs.note_resume(uri, parent_run_id, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}")
 
 
 def trial_env() -> dict[str, str]:
@@ -182,6 +239,7 @@ def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir
         log(f"continuing {state.get('status', 'unfinished')} sweep {sweep_dir.name} (same config; MLflow parent "
             f"run {parent_run_id}): Ray's saved state is unpickled from {sweep_dir / 'tune'} (runs/ must be "
             "yours alone: see README)")
+        explain_resume(uri, parent_run_id, state, log)
         sweep_runs.reopen_sweep_run(uri, parent_run_id)
         write_state(sweep_dir, status=SweepStatus.RUNNING.value)
         return sweep_dir, parent_run_id
@@ -248,7 +306,7 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
 
     exp = loaded.experiment
     init_ray(address, trial_env())
-    check_tracking_reaches_workers(uri, address)
+    check_tracking_reaches_workers(uri, address, sweep.experiment_id)
     context = SweepContext(
         experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
         tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
@@ -266,6 +324,8 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
         sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
         write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
         return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
+    sweep_runs.close_orphaned_trials(uri, sweep.experiment_id, sweep.run_id,
+                                    {r.metrics.get("trial_id") for r in results})
     rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
     best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
     write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,

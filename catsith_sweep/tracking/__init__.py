@@ -95,6 +95,11 @@ def ensure_experiment(uri: str, name: str) -> str:
         return str(found.experiment_id)
 
 
+def artifact_location(uri: str, experiment_id: str) -> str:
+    """Where the tracking server stores an experiment's artifacts (a folder on its disk, or a URI)."""
+    return str(client(uri).get_experiment(experiment_id).artifact_location)
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """`{"lora": {"rank": 4}}` -> `{"lora.rank": 4}` (lists stay values)."""
     if not isinstance(tree, dict):
@@ -123,5 +128,5 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
                               max_results=5000))
 
 
-__all__ = ["DEFAULT_URI", "Outcome", "SweepRun", "SweepStatus", "TrialRow", "client", "count_outcomes",
+__all__ = ["DEFAULT_URI", "artifact_location", "Outcome", "SweepRun", "SweepStatus", "TrialRow", "client", "count_outcomes",
            "ensure_experiment", "flatten", "normalize_uri", "rank", "redact_uri", "tags"]

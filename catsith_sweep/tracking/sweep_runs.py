@@ -128,3 +128,25 @@ def end_open_trials(uri: str, experiment_id: str, parent_run_id: str, ended_by: 
             c.set_terminated(run.info.run_id, Outcome.KILLED.mlflow_status)
             ended += 1
     return ended
+
+
+def note_resume(uri: str, run_id: str, note: str) -> None:
+    """Append `note` (why the sweep is continued) to the parent run's `catsith.resumed` tag."""
+    c = client(uri)
+    previous = c.get_run(run_id).data.tags.get(t.RESUMED)
+    c.set_tag(run_id, t.RESUMED, f"{previous}\n{note}"[-5000:] if previous else note)
+
+
+def close_orphaned_trials(uri: str, experiment_id: str, parent_run_id: str, known_trial_ids: set[Any]) -> int:
+    """End child runs still RUNNING whose trial Ray Tune no longer knows (started just before a driver was
+    lost, after Tune last saved its state): KILLED, with why. Returns how many."""
+    c = client(uri)
+    ended = 0
+    for run in child_runs(uri, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING" and run.data.tags.get(t.TRIAL) not in known_trial_ids:
+            c.set_tag(run.info.run_id, t.ERROR, "lost with the driver before Ray Tune saved the trial; "
+                      "its suggestion was run again under a new trial id")
+            c.set_terminated(run.info.run_id, Outcome.KILLED.mlflow_status)
+            ended += 1
+    return ended
+
