@@ -128,5 +128,5 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
                               max_results=5000))
 
 
-__all__ = ["DEFAULT_URI", "artifact_location", "Outcome", "SweepRun", "SweepStatus", "TrialRow", "client", "count_outcomes",
-           "ensure_experiment", "flatten", "normalize_uri", "rank", "redact_uri", "tags"]
+__all__ = ["DEFAULT_URI", "Outcome", "SweepRun", "SweepStatus", "TrialRow", "artifact_location", "client",
+           "count_outcomes", "ensure_experiment", "flatten", "normalize_uri", "rank", "redact_uri", "tags"]
