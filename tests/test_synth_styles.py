@@ -151,3 +151,21 @@ def test_caption_colors_reach_imported_sheets_and_the_cli(tmp_path: Path) -> Non
     station = (tmp_path / "synth" / "captions" / "ship_station_v0_0.txt").read_text()
     assert "purple colored" in station and "neon style" in station  # violet-tinted grey, named as seen
     assert vocab.color_name((149, 119, 170)) == "purple"
+
+
+def test_style_experiment_targets_held_out_neon(tmp_path: Path) -> None:
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.data.dataset import SpriteDataset
+    from catsith_sweep.data.source import dataset_root
+    from catsith_sweep.data.split import split_by_entity
+
+    root = Path(__file__).resolve().parents[1]
+    loaded = load_experiment(root / "experiments" / "lora_style.yaml", [f"model.cache_dir={tmp_path}"])
+    exp = loaded.experiment
+    data = exp.data
+    assert (data.synth_style, data.synth_seed, data.path) == ("neon", 1, None)
+    # The held-out side is large enough to score the sweep's metric samples on.
+    dataset = SpriteDataset(dataset_root(data, tmp_path))
+    split = split_by_entity(dataset, heldout_fraction=data.val_fraction, seed=0,
+                            min_heldout_images=exp.eval.num_metric_samples)
+    assert len(split.heldout) >= exp.eval.num_metric_samples and split.train_entities > split.heldout_entities
