@@ -71,9 +71,17 @@ class DataSection(Section):
     """Seed of the synthetic sprite set (used when `path` is empty)."""
     synth_variants: int = Field(3, ge=1, le=20)
     """Designs per entity kind in the synthetic set."""
-    synth_style: Literal["16bit", "handheld"] = "16bit"
+    synth_style: Literal["16bit", "handheld", "neon"] = "16bit"
     """Art style of the synthetic set (see data/synth_styles.py): `16bit` (what the builtin base is
-    trained on) or `handheld` (a four-shade green palette, for a style LoRA on a real base)."""
+    trained on), `handheld` (a four-shade green palette) or `neon` (complementary, saturated colours
+    with one dark violet outline: the look the `lora_style` demo adapts the base to)."""
+    caption_colors: Literal["guide", "measured"] = "guide"
+    """Colour words of the captions the synthetic set is generated with (data/captions.py): `guide`,
+    the guide's rule word for word (the strictly largest channel of base_color: any red-dominant colour
+    is "red", grey-brown asteroids included), or `measured`, the word (grey, brown, orange, purple, ...)
+    for the colour covering most of each design's opaque pixels. Each rule has its own cached set. A
+    dataset at `path` keeps its own caption files: write them with `dataset caption DIR --colors ...`
+    (or `dataset import-sheet ... --colors ...`)."""
     resolution: int = Field(64, ge=8, le=1024)
     """Sprite size in pixels (square). CatSith's sprite preset is 64."""
     val_fraction: float = Field(0.15, ge=0, lt=1)
