@@ -83,9 +83,20 @@ def _fmt(value: float | None) -> str:
     return f"{value:.5g}" if value is not None else ""
 
 
-def front_markdown(front: Front) -> str:
-    from catsith_sweep.sweep.summary import params_text
+def params_text(row: TrialRow, sep: str = ", ") -> str:
+    """Sampled params as a person reads them (floats to 4 significant digits). summary.py has its twin;
+    it imports this module, so this one cannot import it."""
+    def short(text: str) -> str:
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return text if number.is_integer() and "." not in text else f"{number:.4g}"
 
+    return sep.join(f"{k}={short(v)}" for k, v in sorted(row.params.items()))
+
+
+def front_markdown(front: Front) -> str:
     objectives = " | ".join(f"{m} ({d})" for m, d in zip(front.metrics, front.modes, strict=True))
     lines = [f"Pareto front: {len(front.front)} non-dominated of {len(front.finished)} finished trials",
              "", f"| trial | name | {objectives} | params | run id |",
@@ -117,8 +128,6 @@ def front_json(front: Front) -> dict[str, Any]:
 
 def front_table(front: Front, *, title: str) -> Table:
     """The front as the terminal shows it (leaderboard, end of `run`): one row per non-dominated trial."""
-    from catsith_sweep.sweep.summary import params_text
-
     table = Table(title=title)
     table.add_column("trial", no_wrap=True)
     table.add_column("name", overflow="fold")
