@@ -71,7 +71,9 @@ def test_samplers_keep_suggesting_past_pruned_and_failed_trials(sampler: str) ->
     searcher = _searcher(make_sampler(sampler, 0))
     for i in range(12):  # past NSGA-II's first generation and TPE's startup trials
         trial_id = f"t{i}"
-        lr = searcher.suggest(trial_id)["lr"]
+        params = searcher.suggest(trial_id)
+        assert params is not None
+        lr = params["lr"]
         assert 1e-4 <= lr <= 1e-2
         kid, ratio = abs(lr - 3e-3) * 100, 1e-3 / lr
         searcher.on_trial_complete(trial_id, _run(searcher, trial_id, [(kid, ratio)], finished=i % 3 != 1))

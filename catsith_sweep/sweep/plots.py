@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ def comparison_grid(uri: str, ranked: list[TrialRow], out_dir: Path) -> list[Pat
     return [path]
 
 
-def pareto_plot(path: Path, *, metrics: list[str], modes: list[str], points: list[tuple[float, ...]],
+def pareto_plot(path: Path, *, metrics: list[str], modes: list[str], points: Sequence[Sequence[float]],
                 on_front: list[bool], labels: list[str], reference: tuple[str, tuple[float, ...]] | None) -> Path:
     """`plots/pareto_front.png`: the finished trials' objectives (grey), the non-dominated ones labelled
     and joined (in colour), the reference point (a star). One panel per pair of objectives."""
