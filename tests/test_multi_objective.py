@@ -217,3 +217,54 @@ def test_pipeline_check_names_what_is_missing(onnx_folder: Path, tmp_path: Path)
     shutil.rmtree(broken / "tokenizer")
     with pytest.raises(UserInputError, match=r"run x: the ONNX pipeline lacks unet/model.onnx, tokenizer/"):
         check_pipeline_folder(broken, "run x")
+
+
+def test_promote_distill_trial_by_rule(onnx_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`promote` of a distill sweep's trial, against a real MLflow store whose trials logged a real ONNX
+    pipeline: the rule is stated, the folder lands in the models folder, the version becomes champion."""
+    from catsith_sweep import tracking
+    from catsith_sweep.cli import main
+    from catsith_sweep.config.schema import Experiment
+    from catsith_sweep.layout import DISTILLED_MANIFEST
+    from catsith_sweep.trainers.base import write_resolved_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    exp_id = c.create_experiment("distill-x", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = c.create_run(exp_id, run_name="sweep s1", tags={
+        tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: "s1", "catsith.trainer": "distill",
+        "catsith.metric": "sprite_kid,latency_ratio", "catsith.mode": "min,min"}).info.run_id
+    c.log_metric(parent, "teacher_sprite_kid", 0.10)
+    export = tmp_path / "export"
+    shutil.copytree(onnx_folder, export / "onnx")
+    write_resolved_config(export, Experiment.model_validate({"name": "distill-x", "trainer": "distill"}))
+    runs = {}
+    for trial, kid, ratio in (("slow", 0.10, 0.9), ("fast", 0.105, 0.5), ("too-rough", 0.2, 0.3)):
+        run_id = c.create_run(exp_id, run_name=f"#{trial}", tags={
+            tracking.PARENT_TAG: parent, tracking.TAG_TRIAL: trial, tracking.TAG_KIND: "trial",
+            tracking.TAG_SWEEP: "s1", tracking.TAG_FINISHED: "true"}).info.run_id
+        c.log_param(run_id, "config.trainer", "distill")
+        c.log_metric(run_id, "sprite_kid", kid, step=4)
+        c.log_metric(run_id, "latency_ratio", ratio, step=4)
+        c.log_artifacts(run_id, str(export), "export")
+        c.set_terminated(run_id, "FINISHED")
+        runs[trial] = run_id
+    c.set_terminated(parent, "FINISHED")
+
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models"
+    assert main(["promote", "distill-x", "--tracking-uri", uri, "--models", str(models),
+                 "--pick", "fastest-within", "10%"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "rule: fastest-within 10%: the best latency_ratio (min) among finished trials whose sprite_kid (min) " \
+           "is within 10% of the teacher's 0.1 (<= 0.11)" in printed
+    assert f"chose trial fast (run {runs['fast']})" in printed
+    manifest = json.loads((models / "catsith-tiny-sd" / DISTILLED_MANIFEST).read_text())
+    assert manifest["run_id"] == runs["fast"] and manifest["chosen_by"].startswith("fastest-within 10%")
+    assert (models / "catsith-tiny-sd" / "unet" / "model.onnx").read_bytes() == (
+        onnx_folder / "unet" / "model.onnx").read_bytes()
+    from mlflow import MlflowClient
+
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("distill-x", "champion")
+    assert champion.run_id == runs["fast"] and champion.tags["catsith.metric"].startswith("fastest-within 10%")
