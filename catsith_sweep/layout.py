@@ -72,3 +72,15 @@ LORA_CATEGORIES: tuple[LoraCategory, ...] = get_args(LoraCategory)
 KOHYA_LORA_SUFFIX = ".kohya.safetensors"
 CATSITH_LORA_SUFFIX = ".lora.json"
 """An export is `<experiment name><suffix>`; readers glob `*<suffix>`."""
+
+# --- distilled pipelines (trainer `distill`) and the promoted ONNX folder (catsith-formats.md §3) --------
+ONNX_PIPELINE_DIR = "onnx"
+"""The distill trainer's export key and folder for the student as an ONNX pipeline (optimum's layout,
+export/onnx_pipeline.py): logged as the trial artifact `export/onnx/`, read back by `promote`."""
+DIFFUSERS_PIPELINE_DIR = "diffusers"
+"""The distill trainer's export key and folder for the student as a diffusers pipeline."""
+DISTILLED_MODELS_NAME = "catsith-tiny-sd"
+"""The folder in CatSith's models folder that `promote` writes a distilled ONNX pipeline to by default
+(CatSith's integration test loads `models/catsith-tiny-sd`)."""
+DISTILLED_MANIFEST = "catsith_pipeline.json"
+"""Beside the pipeline in that folder: run, metrics, sha256 of each graph."""

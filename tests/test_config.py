@@ -64,8 +64,9 @@ BROKEN: list[tuple[str, list[str]]] = [
     ("name: x\ntrainer: lora\nsearch:\n  space_file: nope\n", [":4 search.space_file: no search-space file `nope`"]),
     ("name: x\ntrainer: lora\nsearch:\n  metric: [sprite_fid, sprite_lpips]\n  mode: min\n",
      ["search.mode: one mode per metric"]),
-    ("name: x\ntrainer: lora\nsearch:\n  metric: [sprite_fid, sprite_lpips]\n  mode: [min, min]\n",
-     ["search.scheduler: early-stopping schedulers need a single metric"]),
+    ("name: x\ntrainer: lora\nsearch:\n  metric: [sprite_fid, sprite_lpips]\n  mode: [min, min]\n"
+     "  scheduler_metric: sprite_kid\n",
+     ["search.scheduler_metric: must be one of the searched metrics ['sprite_fid', 'sprite_lpips']"]),
     ("name: x\ntrainer: lora\nsearch:\n  sampler: nsga2\n", ["search.sampler: nsga2 is multi-objective"]),
     ("name: x\ntrainer: lora\nresources:\n  gpu: 1.5\n", ["resources.gpu: a GPU count above 1 must be whole"]),
     ("name: x\ntrainer: lora\nresources:\n  gpu: -1\n", [":4 resources.gpu:", "got -1"]),

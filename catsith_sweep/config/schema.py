@@ -226,7 +226,10 @@ class SearchSection(Section):
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
     scheduler: Literal["asha", "median", "none"] = "asha"
-    """Early stopping across trials; needs a single metric."""
+    """Early stopping across trials, judged on one metric (`scheduler_metric`). In a multi-objective
+    sweep a stopped trial is told to Optuna as pruned and never enters the Pareto front (sweep/multi.py)."""
+    scheduler_metric: str | None = None
+    """The objective the scheduler judges trials by; default: the first of `metric`. Must be one of them."""
     grace_period: int = Field(1, ge=1)
     """Evaluations a trial always gets before the scheduler may stop it."""
     reduction_factor: int = Field(2, ge=2)
@@ -246,6 +249,12 @@ class SearchSection(Section):
 
     def modes(self) -> list[str]:
         return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    def scheduler_objective(self) -> tuple[str, str]:
+        """(metric, mode) the early-stopping scheduler judges by: `scheduler_metric`, else the first."""
+        metrics, modes = self.metrics(), self.modes()
+        name = self.scheduler_metric or metrics[0]
+        return name, modes[metrics.index(name)] if name in metrics else modes[0]
 
 
 class ResourcesSection(Section):
@@ -344,10 +353,10 @@ class Experiment(Section):
                 (("search", "mode"), f"one mode per metric must be given, but got {len(metrics)} "
                  f"metrics and {len(modes)} modes")
             )
-        if len(metrics) > 1 and self.search.scheduler != "none":
+        if self.search.scheduler_metric is not None and self.search.scheduler_metric not in metrics:
             problems.append(
-                (("search", "scheduler"), "early-stopping schedulers need a single metric, but got "
-                 f"metric={metrics} with scheduler={self.search.scheduler!r}; use scheduler: none")
+                (("search", "scheduler_metric"), f"must be one of the searched metrics {metrics}, but got "
+                 f"{self.search.scheduler_metric!r}")
             )
         if self.search.sampler == "nsga2" and len(metrics) < 2:
             problems.append((("search", "sampler"), "nsga2 is multi-objective and needs 2+ metrics"))

@@ -35,6 +35,9 @@ class Choice:
     """1-based rank among the sweep's finished trials (None: its metric is missing or not finite)."""
     sweep_note: str = ""
     """Which sweep this is and why (`SweepPick.describe`)."""
+    rule: str = ""
+    """Multi-objective sweeps: the stated rule that chose this trial (promote/pick.py); "" for the best
+    by the sweep's one metric."""
 
     @property
     def run_id(self) -> str:

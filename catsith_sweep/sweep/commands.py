@@ -88,7 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.counts.get(Outcome.FAILED):
         out.print(f"[yellow]{outcome.counts[Outcome.FAILED]} trial(s) failed[/yellow]: see the leaderboard and "
                   "their MLflow runs (tag catsith.error, artifacts error.txt and traceback.txt)")
-    if outcome.best:
+    if outcome.best and len(loaded.experiment.search.metrics()) > 1:  # a front, not a single best
+        from catsith_sweep.sweep.multi import print_front
+
+        print_front(_print_table, out.print, uri, outcome.parent_run_id, outcome.rows)
+    elif outcome.best:
         _print_table(leaderboard_table(outcome.rows, outcome.metric, outcome.mode, top=TOP_SHOWN,
                                        title=f"best trials by {outcome.metric} ({outcome.mode})"))
         value, before = outcome.best.value(outcome.metric), (outcome.baseline or {}).get(outcome.metric)
@@ -130,6 +134,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     sweep = pick.sweep
     out.print(f"using {escape(pick.describe())}")
     rows = queries.trial_rows(uri, sweep)
+    if len(sweep.metrics) > 1:  # the Pareto front first, then every trial (ranked by the first objective)
+        from catsith_sweep.sweep.multi import print_front
+
+        print_front(_print_table, out.print, uri, sweep.run_id, rows)
     _print_table(leaderboard_table(rows, sweep.metric, sweep.mode,
                                    title=f"{args.experiment_name}: {sweep.name} ({sweep.metric}, {sweep.mode})"))
     return 0

@@ -75,4 +75,10 @@ def hypervolume_history(points: Sequence[Sequence[float]], modes: Sequence[str],
                         reference: Sequence[float] | None = None) -> list[float]:
     """Hypervolume after each point in order (trials in the order they finished), against one reference."""
     ref = tuple(reference) if reference is not None else reference_point(points, modes)
-    return [hypervolume(points[: i + 1], ref, modes) for i in range(len(points))]
+    history = []
+    for i in range(len(points)):
+        # Over the front alone: a dominated newcomer leaves it, so the volume stays exactly the same
+        # (summing the slices of a different point set could round it a few ulps lower).
+        seen = points[: i + 1]
+        history.append(hypervolume([seen[j] for j in non_dominated(seen, modes)], ref, modes))
+    return history

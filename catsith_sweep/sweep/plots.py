@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,46 @@ def comparison_grid(uri: str, ranked: list[TrialRow], out_dir: Path) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     save_png_atomic(grid, path)
     return [path]
+
+
+def pareto_plot(path: Path, *, metrics: list[str], modes: list[str], points: Sequence[Sequence[float]],
+                on_front: list[bool], labels: list[str], reference: tuple[str, tuple[float, ...]] | None) -> Path:
+    """`plots/pareto_front.png`: the finished trials' objectives (grey), the non-dominated ones labelled
+    and joined (in colour), the reference point (a star). One panel per pair of objectives."""
+    import itertools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catsith_sweep.io import atomic_path
+
+    pairs = list(itertools.combinations(range(len(metrics)), 2))
+    figure, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 5), squeeze=False)
+    for axis, (i, j) in zip(axes[0], pairs, strict=True):
+        rest = [(p[i], p[j]) for p, f in zip(points, on_front, strict=True) if not f]
+        if rest:
+            axis.scatter(*zip(*rest, strict=True), c="tab:gray", alpha=0.6, label="finished, dominated")
+        front = sorted(((p[i], p[j], name) for p, f, name in zip(points, on_front, labels, strict=True) if f))
+        if front:
+            xs, ys = [p[0] for p in front], [p[1] for p in front]
+            axis.scatter(xs, ys, c="tab:blue", zorder=3, label="Pareto front")
+            if len(metrics) == 2:  # the front's staircase (in 3+ objectives a projection has no staircase)
+                axis.step(xs, ys, where="post" if modes[0] == "min" else "pre", c="tab:blue", alpha=0.4)
+            for x, y, name in front:
+                axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if reference is not None:
+            label, values = reference
+            axis.scatter([values[i]], [values[j]], marker="*", s=220, c="tab:red", zorder=4, label=label)
+        axis.set_xlabel(f"{metrics[i]} ({'lower' if modes[i] == 'min' else 'higher'} is better)")
+        axis.set_ylabel(f"{metrics[j]} ({'lower' if modes[j] == 'min' else 'higher'} is better)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Pareto front: {sum(on_front)} non-dominated of {len(points)} finished trials")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return path

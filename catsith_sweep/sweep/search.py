@@ -9,6 +9,14 @@ value, below the complete ones: the way Optuna's own pruners feed TPE. A trial t
 NaN) is told as FAIL and never informs the sampler. The study has no pruner: pruning is the Ray
 scheduler's job here (ASHA or median).
 
+Multi-objective sweeps (`search.metric: [a, b, ...]`, NSGA-II or TPE): Optuna takes no intermediate
+values and no pruning for several objectives, so only the final report counts. Early stopping still
+exists, decided by Ray's scheduler on one named objective (`search.scheduler_metric`, default the first;
+sweep/tuner.py). Decision: a trial it stopped is told as PRUNED with no values, like above, so a
+partial-budget point never reaches the Pareto front (`study.best_trials`, sweep/multi.py) nor NSGA-II's
+population (which reads complete trials only); TPE ranks such trials after every complete one. A failed
+trial, or one missing any objective, is FAIL. Only a finished trial is told its values, in `metric` order.
+
 Built on Tune's public `Searcher` interface and Optuna's ask-and-tell interface (no private state of
 either); `save`/`restore` pickle the study with the trials in flight, so `Tuner.restore` continues it.
 """
@@ -51,7 +59,7 @@ class OptunaStudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if len(self.metrics) > 1 or trial_id not in self.asked or trial_id in self.told:
-            return  # Optuna takes intermediate values for one objective only
+            return  # Optuna takes intermediate values for one objective only (see the module docstring)
         if result.get(FAILED) or result.get(FINISHED):  # the final report repeats the last evaluation
             return
         value = result.get(self.metrics[0])

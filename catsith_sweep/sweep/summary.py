@@ -113,8 +113,13 @@ def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, resul
     plot_dir = sweep_dir / "plots"
     pictures = (optuna_plots(loaded, rows, plot_dir, uri) + tradeoff_plots(loaded, rows, plot_dir)
                 + comparison_grid(uri, ranked[:TOP_K], plot_dir))
+    multi = len(sweep.metrics) > 1  # a front, not a single best (sweep/multi.py)
     sweep_runs.log_summary(uri, sweep.run_id, rows=rows, metric=sweep.metric, leaderboard=sweep_dir / LEADERBOARD_MD,
-                           best=ranked[0] if ranked else None, counts=counts, plots=pictures)
+                           best=ranked[0] if ranked and not multi else None, counts=counts, plots=pictures)
+    if multi:
+        from catsith_sweep.sweep.multi import log_front
+
+        log_front(uri, sweep, rows, sweep_dir)
     sweep_runs.end_sweep_run(uri, sweep, SweepStatus.FINISHED)
     return rows, counts
 

@@ -22,14 +22,17 @@ def _scheduler(loaded: LoadedExperiment, max_evaluations: int) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     search = loaded.experiment.search
+    # One objective judges (`search.scheduler_metric`): with several, Tune's own metric is unset, so the
+    # scheduler carries it; what it stops is told to Optuna as pruned, off the front (sweep/search.py).
+    metric, mode = search.scheduler_objective() if len(search.metrics()) > 1 else (None, None)
     if search.scheduler == "asha":
         # Time is counted in evaluations (the only results trials send), plus the final report;
         # `max_evaluations` is the longest trial's (driver.budget_evaluations), so none is cut short.
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations + 1,
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations + 1, metric=metric, mode=mode,
                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     if search.scheduler == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=search.grace_period,
-                                  min_samples_required=2)
+                                  min_samples_required=2, metric=metric, mode=mode)
     return FIFOScheduler()
 
 

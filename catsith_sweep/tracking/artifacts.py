@@ -4,7 +4,8 @@ A trial run: `export/` (the trainer's export files and the resolved `config.yaml
 final sample grid: `samples.png`, `samples.safetensors` with the prompts in its header), `images/` (a
 grid per evaluation, MLflow's image log), `error.txt` and `traceback.txt` when it failed.
 A sweep's parent run: `inputs/` (the experiment and search-space files, the resolved config),
-`baseline/`, `plots/`, `leaderboard.md`, `leaderboard.json`.
+`baseline/`, `plots/`, `leaderboard.md`, `leaderboard.json`; a multi-objective sweep also
+`pareto_front.md`, `pareto_front.json`, `plots/pareto_front.png` and the metric history `hypervolume`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ BASELINE_DIR = "baseline"
 PLOTS_DIR = "plots"
 LEADERBOARD_MD = "leaderboard.md"
 LEADERBOARD_JSON = "leaderboard.json"
+PARETO_FRONT_MD = "pareto_front.md"
+"""A multi-objective sweep's non-dominated finished trials as a table (on its parent run)."""
+PARETO_FRONT_JSON = "pareto_front.json"
+"""The same front as data: objectives, modes, reference point, hypervolume history, the trials."""
+PARETO_FRONT_PNG = "pareto_front.png"
+"""Under `plots/`: every finished trial's objectives, the front, the reference point."""
+HYPERVOLUME = "hypervolume"
+"""Parent-run metric history: the front's hypervolume after each finished trial (step = trials so far)."""
 
 
 def download(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path | None:

@@ -7,6 +7,7 @@ user sees it was passed over); else, when no sweep finished, the newest of any s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ def _trial_row(run: Any) -> TrialRow:
         trial=tags.get(t.TRIAL, ""), run_id=run.info.run_id,
         outcome=outcome_from_tags(tags, run.info.status), name=run.info.run_name or "",
         metrics=dict(run.data.metrics), params={k: v for k, v in params.items() if not k.startswith("config.")},
-        start_time=run.info.start_time, error=tags.get(t.ERROR),
+        start_time=run.info.start_time, end_time=run.info.end_time, error=tags.get(t.ERROR),
         trainer=trainer.strip('"') if trainer else None, artifact_uri=run.info.artifact_uri or "",
     )
 
@@ -124,6 +125,52 @@ def trial_by_run_id(uri: str, experiment_name: str, run_id: str) -> tuple[SweepR
     if not parent_id or t.TRIAL not in run.data.tags:
         raise UserInputError(f"run {run_id} is not a trial of a sweep (no {t.TRIAL} / parent run tag)")
     return sweep_by_run_id(uri, parent_id), _trial_row(run)
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """The last value of every metric of run `run_id` (a sweep's parent: `baseline_*`, `teacher_*`)."""
+    return {k: float(v) for k, v in client(uri).get_run(run_id).data.metrics.items()}
+
+
+TEACHER_PREFIXES = ("teacher_", "baseline_teacher_")
+"""Where a sweep's parent run keeps the teacher's figures: logged by the sweep, or measured beside the
+untrained student by the baseline evaluation (`baseline_` + the trainer's `teacher_<metric>`)."""
+TEACHER_IDENTITIES = {"latency_ratio": 1.0}
+"""Objectives that are ratios to the teacher: the teacher's own value is 1 by definition."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The point a multi-objective sweep is judged against: the teacher's figures when the parent run
+    has them for every objective, else the untrained starting point's (`baseline_<metric>`)."""
+
+    label: str
+    """`teacher` or `baseline`."""
+    values: dict[str, float]
+    """Objective -> the reference's value."""
+
+
+def reference_from_metrics(parent: Mapping[str, float], objectives: Sequence[str]) -> Reference | None:
+    """The teacher when `parent` (a sweep's parent-run metrics) has every objective's teacher figure,
+    else the baseline when it has every `baseline_<objective>`, else None."""
+    def teacher(name: str) -> float | None:
+        found = [parent[p + name] for p in TEACHER_PREFIXES if p + name in parent]
+        if found:
+            return float(found[0])
+        has_teacher = any(k.startswith(TEACHER_PREFIXES) for k in parent)
+        return TEACHER_IDENTITIES.get(name) if has_teacher else None
+
+    teachers = {name: teacher(name) for name in objectives}
+    if all(v is not None for v in teachers.values()):
+        return Reference("teacher", {k: float(v) for k, v in teachers.items() if v is not None})
+    if all(f"baseline_{name}" in parent for name in objectives):
+        return Reference("baseline", {name: float(parent[f"baseline_{name}"]) for name in objectives})
+    return None
+
+
+def sweep_reference(uri: str, sweep: SweepRun) -> Reference | None:
+    """`reference_from_metrics` of the sweep's parent run, over its searched metrics."""
+    return reference_from_metrics(run_metrics(uri, sweep.run_id), sweep.metrics)
 
 
 def metric_history(uri: str, metric: str) -> Any:

@@ -91,6 +91,8 @@ class TrialRow:
     params: Mapping[str, str] = field(default_factory=dict)
     """The sampled params as logged (JSON text for numbers and lists), without the `config.*` ones."""
     start_time: int | None = None
+    end_time: int | None = None
+    """Milliseconds since the epoch when its run ended (None while running): the order trials finished in."""
     error: str | None = None
     trainer: str | None = None
     """The trainer the trial ran (its logged `config.trainer`)."""

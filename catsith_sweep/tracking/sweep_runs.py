@@ -11,13 +11,14 @@ import contextlib
 import json
 import math
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from catsith_sweep.tracking import child_runs, client, find_trial_run
 from catsith_sweep.tracking import tags as t
-from catsith_sweep.tracking.artifacts import BASELINE_DIR, INPUTS_DIR, LEADERBOARD_JSON, PLOTS_DIR
+from catsith_sweep.tracking.artifacts import BASELINE_DIR, HYPERVOLUME, INPUTS_DIR, LEADERBOARD_JSON, PLOTS_DIR
 from catsith_sweep.tracking.rows import Outcome, SweepRun, SweepStatus, TrialRow
 
 MAX_PARAM_LEN = 6000
@@ -89,6 +90,22 @@ def log_summary(uri: str, run_id: str, *, rows: list[TrialRow], metric: str, lea
         c.log_metric(run_id, f"best_{metric}", value)
     for outcome in (Outcome.FINISHED, Outcome.STOPPED_EARLY, Outcome.FAILED):
         c.log_metric(run_id, f"trials_{outcome.value.replace(' ', '_')}", counts.get(outcome, 0))
+    for path in plots:
+        c.log_artifact(run_id, str(path), PLOTS_DIR)
+
+
+def log_front(uri: str, run_id: str, *, hypervolume: list[float], files: list[Path], plots: list[Path]) -> None:
+    """A multi-objective sweep's Pareto front on its parent run: the hypervolume after each finished trial
+    (metric history `hypervolume`, step = finished trials so far), the front's tables and its plot."""
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    now = int(time.time() * 1000)
+    history = [Metric(HYPERVOLUME, value, now, step) for step, value in enumerate(hypervolume, start=1)]
+    for start in range(0, len(history), 1000):  # MLflow's batch limit
+        c.log_batch(run_id, metrics=history[start:start + 1000])
+    for path in files:
+        c.log_artifact(run_id, str(path))
     for path in plots:
         c.log_artifact(run_id, str(path), PLOTS_DIR)
 

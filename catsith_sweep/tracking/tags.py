@@ -45,7 +45,7 @@ FINISHED = "catsith.trial_finished"
 
 # On registered models and model versions.
 KIND = "catsith.kind"
-"""`lora` or `sprite_vae` (registered models)."""
+"""`lora`, `sprite_vae` or `distilled_sd` (registered models)."""
 METRIC_CHOICE = "catsith.metric"
 """`<metric> (<mode>)` that chose a promoted version."""
 PACKAGE_HASH = "catsith.package_hash"
@@ -55,6 +55,8 @@ PACKAGE_NAME = "catsith.package_name"
 MODELS_DIR = "catsith.models_dir"
 ENCODER_SHA256 = "catsith.encoder_sha256"
 DECODER_SHA256 = "catsith.decoder_sha256"
+PIPELINE_SHA256 = "catsith.pipeline_sha256"
+"""A promoted ONNX pipeline: sha256 over its graphs' own hashes (each is in its manifest)."""
 
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
