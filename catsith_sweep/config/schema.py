@@ -18,6 +18,8 @@ from catsith_sweep.config.space import Distribution, check_bool_int
 
 TRAINER_NAMES: tuple[str, ...] = ("lora", "vae", "distill", "full")
 BUILTIN_BASE = "builtin:catsith-tiny"
+# `search.metric` when the experiment names none, for trainers whose main metric is not `sprite_fid`.
+DEFAULT_METRICS: dict[str, str] = {"vae": "sprite_fid_prior"}
 
 
 class Section(BaseModel):
@@ -222,7 +224,8 @@ class SearchSection(Section):
     space: dict[str, Distribution] = Field(default_factory=dict)
     """Dotted config key -> distribution (categorical, int, float, fixed)."""
     metric: str | list[str] = "sprite_fid"
-    """Metric(s) to optimise, as the trainer reports them."""
+    """Metric(s) to optimise, as the trainer reports them. Default: the trainer's main quality metric
+    (`sprite_fid`; `sprite_fid_prior` for `trainer: vae`, whose samples come from its prior)."""
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
     scheduler: Literal["asha", "median", "none"] = "asha"
@@ -327,6 +330,10 @@ class Experiment(Section):
     def _fill_trainer_section(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("trainer") in TRAINER_NAMES and data.get(data["trainer"]) is None:
             data = {**data, data["trainer"]: {}}
+        default_metric = DEFAULT_METRICS.get(str(data.get("trainer"))) if isinstance(data, dict) else None
+        search = data.get("search") if isinstance(data, dict) else None
+        if default_metric and (search is None or (isinstance(search, dict) and "metric" not in search)):
+            data = {**data, "search": {**(search or {}), "metric": default_metric}}
         return data
 
     @model_validator(mode="after")

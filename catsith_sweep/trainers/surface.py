@@ -35,7 +35,8 @@ ENGINE_KEYS: tuple[str, ...] = (
 # Groups of keys that several trainers read. A key names itself and everything under it.
 # Every trainer holds out `data.val_fraction` of the entities (drawn with `data.split_seed`): see
 # `trainers.heldout`.
-DATASET_KEYS = ("data.path", "data.synth_seed", "data.synth_variants", "data.synth_style", "data.resolution",
+DATASET_KEYS = ("data.path", "data.synth_seed", "data.synth_variants", "data.synth_style", "data.caption_colors",
+                "data.resolution",
                 "data.val_fraction", "data.split_seed")
 LOOP_KEYS = (
     "train.max_steps", "train.epochs", "train.batch_size", "train.gradient_accumulation_steps",
