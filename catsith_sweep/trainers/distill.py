@@ -36,8 +36,14 @@ from catsith_sweep.models.student import build_student, count_params, feature_pa
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation, replace_dir
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
-from catsith_sweep.trainers.distill_loss import LossNormalizer, LossWeights, combine, feature_loss, predicted_x0, \
-    tap_blocks
+from catsith_sweep.trainers.distill_loss import (
+    LossNormalizer,
+    LossWeights,
+    combine,
+    feature_loss,
+    predicted_x0,
+    tap_blocks,
+)
 from catsith_sweep.trainers.latency import measure_latency
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
