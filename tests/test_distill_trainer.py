@@ -135,5 +135,5 @@ def test_run_trial_reports_latency_and_exports_reload(tiny_base: Path, catsith_c
 
 def test_a_missing_teacher_is_refused_naming_it(catsith_cache: Path, tmp_path: Path) -> None:
     exp = distill_experiment(tmp_path / "nowhere", catsith_cache, distill={"teacher": str(tmp_path / "no-teacher")})
-    with pytest.raises(ModelSourceError, match="no-teacher.*not a diffusers model folder"):
+    with pytest.raises(ModelSourceError, match="^distill.teacher: .*no-teacher.*not a diffusers model folder"):
         DistillTrainer(exp, tmp_path).setup()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from catsith_sweep.config.schema import DistillSection, Experiment
 from catsith_sweep.data.source import open_dataset
+from catsith_sweep.errors import ModelSourceError
 from catsith_sweep.io import atomic_write_text
 from catsith_sweep.models.base_source import load_base
 from catsith_sweep.models.student import build_student, count_params, feature_pairs
@@ -75,7 +76,7 @@ class DistillTrainer:
         self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
         self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
-        self.teacher = load_base(self.teacher_source, self.exp.model.cache_dir, self.exp.model.revision)
+        self.teacher = self._load_teacher()
         for module in (self.teacher.vae, self.teacher.text_encoder, self.teacher.unet):
             module.requires_grad_(False).eval().to(self.rt.device)
         unet, self.plan = build_student(self.teacher.unet, self.cfg.level)
@@ -92,10 +93,19 @@ class DistillTrainer:
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
         self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self.exp.data.cache_latents and not self.dataset.has_augment else None
-        self.sprite_net()  # trained on first use: now, not inside the first step
+
+    def _load_teacher(self) -> Any:
+        try:
+            return load_base(self.teacher_source, self.exp.model.cache_dir, self.exp.model.revision)
+        except ModelSourceError as exc:
+            if self.cfg.teacher is None:
+                raise
+            # load_base speaks of `model.base`; here the value came from `distill.teacher`.
+            raise ModelSourceError(str(exc).replace("model.base:", "distill.teacher:", 1)) from None
 
     def sprite_net(self) -> Any:
-        """The dataset's sprite feature network (the perceptual term's φ), frozen."""
+        """The dataset's sprite feature network (the perceptual term's φ), frozen; trained and cached on
+        first use (one-time work of the dataset, which evaluation needs anyway), so loaded lazily."""
         if self._net is None:
             from catsith_sweep.trainers.sampling import sprite_net
 
