@@ -68,7 +68,7 @@ def cmd_dataset_synth(args: argparse.Namespace) -> int:
     from catsith_sweep.data.synth import contact_sheet, synth_dataset
 
     report = synth_dataset(Path(args.out), seed=args.seed, size=args.size, variants=args.variants,
-                           style=args.style)
+                           style=args.style, caption_colors=args.colors)
     out.print(f"wrote {args.out}: {report}")
     if args.contact_sheet:
         contact_sheet(Path(args.out), Path(args.contact_sheet))
@@ -105,7 +105,8 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
         Path(args.sheet), Path(args.out), frame_size=args.frame_size, grid=args.grid, frames=args.frames,
         category=args.category, kind=args.kind, entity_id=args.id, directions=args.directions,
         color_key=args.color_key, size=args.size, counter_clockwise=args.counter_clockwise,
-        first_direction=args.first_direction, warn=lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"),
+        first_direction=args.first_direction, caption_colors=args.colors,
+        warn=lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"),
     )
     out.print(f"imported {args.sheet} into {args.out}: {report}")
     return 0
@@ -119,6 +120,12 @@ def cmd_dataset_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_colors_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--colors", choices=["guide", "measured"], default="guide",
+                        help="caption colour words: guide (its rule on base_color, word for word) or measured "
+                        "(grey, brown, orange, ... of the sprites' opaque pixels)")
+
+
 def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     from catsith_sweep.data.synth_styles import STYLES  # numpy only: cheap for every command
 
@@ -130,9 +137,7 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dataset_validate)
     p = dataset.add_parser("caption", help="write captions/*.txt with the guide's rules")
     p.add_argument("dir")
-    p.add_argument("--colors", choices=["guide", "measured"], default="guide",
-                   help="colour words: guide (its rule on base_color, word for word) or measured (grey, brown, "
-                   "orange, ... of the sprites' opaque pixels)")
+    _add_colors_option(p)
     p.set_defaults(func=cmd_dataset_caption)
     p = dataset.add_parser("synth", help="generate the procedural exospace sprite set")
     p.add_argument("out")
@@ -140,7 +145,9 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--variants", type=int, default=3, help="designs per kind")
     p.add_argument("--style", choices=list(STYLES), default="16bit",
-                   help="art style: 16bit (the builtin base's) or handheld (four greens)")
+                   help="art style: 16bit (the builtin base's), handheld (four greens) or neon "
+                   "(complementary saturated colours, dark violet outlines)")
+    _add_colors_option(p)
     p.add_argument("--contact-sheet", default=None, help="also write a PNG contact sheet here")
     p.set_defaults(func=cmd_dataset_synth)
     p = dataset.add_parser("import-sheet", help="cut a sprite sheet into the dataset layout")
@@ -158,6 +165,7 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color-key", type=_color, default=None, help="background colour to make transparent: "
                    "auto (corner pixel), R,G,B or #RRGGBB")
     p.add_argument("--size", type=int, default=64, help="output sprite size")
+    _add_colors_option(p)
     p.set_defaults(func=cmd_dataset_import_sheet)
     p = dataset.add_parser("fit", help="how well a base's VAE reproduces these sprites (the ceiling of a LoRA)")
     p.add_argument("dir")

@@ -113,7 +113,16 @@ def test_trainer_classes_carry_their_surface() -> None:
         assert trainer_class(name).surface is surface
 
 
-@pytest.mark.parametrize("trainer", sorted(SURFACES))
+# Trainers that ignore some key of CHECKED_SECTIONS (LoRA reads every one: the held-out split's too).
+IGNORING = [trainer for trainer in sorted(SURFACES) if _ignored(trainer)]
+
+
+def test_which_trainers_ignore_keys() -> None:
+    assert IGNORING == ["full", "vae"], "the ignored-key tests below would check fewer trainers"
+    assert _ignored("lora") == []
+
+
+@pytest.mark.parametrize("trainer", IGNORING)
 def test_every_ignored_key_is_refused_with_its_line(trainer: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     ignored = _ignored(trainer)
@@ -145,7 +154,7 @@ def test_every_read_key_is_accepted(trainer: str, tmp_path: Path, capsys: pytest
     assert code == 0, err
 
 
-@pytest.mark.parametrize("trainer", sorted(SURFACES))
+@pytest.mark.parametrize("trainer", IGNORING)
 def test_ignored_key_as_override_and_in_the_search_space(trainer: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     key = _ignored(trainer)[0]
@@ -186,7 +195,7 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     path.write_text(textwrap.dedent("""\
         name: x
         trainer: full
-        data: {val_fraction: 0.2, cache_latents: false}
+        data: {augment: {enabled: true}, cache_latents: false}
         model: {base: somewhere}
         search: {metric: recon_mse}
         export: {formats: [diffusers, onnx]}
@@ -296,4 +305,41 @@ def test_dry_run_refuses_what_validate_refuses_and_plans_the_trainers_budget(
     assert ":9 train.gradient_checkpointing: trainer `vae` does not read" in err, err
     del config["train"]["gradient_checkpointing"]
     assert main(["run", str(_write(tmp_path, config)), "--dry-run"]) == 0
-    assert "10 steps, evaluation every 4: 3 evaluations" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "10 steps, evaluation every 4: 3 evaluations" in shown
+    assert "held-out split │ held out 3 entities (17 images), training on 16" in shown, shown  # table wraps
+
+
+def test_plan_shows_the_heldout_split_and_refuses_one_too_small(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], use_catsith_cache: Path) -> None:
+    config: dict[str, Any] = {"name": "x", "trainer": "lora", "data": {"synth_variants": 1, "val_fraction": 0.0},
+                              "train": {"max_steps": 2}, "eval": {"every_n_steps": 2}}
+    assert main(["run", str(_write(tmp_path, config)), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("data.val_fraction 0.0 holds out 0 of 19 entities, 0 of 61 images; held-out metrics need at least "
+            "8 held-out images") in err, err
+
+
+def test_plan_split_is_the_trainers_split(use_catsith_cache: Path) -> None:
+    """The plan reads labels without decoding images; it must draw what the trainers draw."""
+    from catsith_sweep.data.source import open_dataset
+    from catsith_sweep.trainers.heldout import experiment_split, planned_split
+
+    for fraction, seed in ((0.15, 0), (0.3, 5)):
+        exp = Experiment.model_validate({"name": "x", "trainer": "vae", "data": {
+            "synth_variants": 1, "val_fraction": fraction, "split_seed": seed}})
+        planned = planned_split(exp)
+        assert planned == experiment_split(exp, open_dataset(exp.data, exp.model.cache_dir, augment=False))
+        assert len(planned.heldout) >= 8 and planned.seed == seed
+
+
+@pytest.mark.parametrize("key,value", [("data.val_fraction", [0.1, 0.3]), ("data.split_seed", [0, 1])])
+def test_the_split_is_never_searched(key: str, value: list[Any], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, {"name": "x", "trainer": "lora", "search": {
+        "space": {key: {"type": "categorical", "values": value}}}})
+    code, err = _validate(path, capsys)
+    assert code == 2
+    assert f"{path}:5 search.space.{key}: the held-out split must be the same in every trial of a sweep" in err, err
+    path = _write(tmp_path, _set({"name": "x", "trainer": "lora"}, key, value[1]))
+    assert _validate(path, capsys)[0] == 0  # set in the file: fine

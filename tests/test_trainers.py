@@ -19,6 +19,7 @@ from catsith_sweep.trainers import make_trainer, planned_budget
 from catsith_sweep.trainers import runtime as R
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
 from catsith_sweep.trainers.full import FullTrainer
+from catsith_sweep.trainers.heldout import split_params
 from catsith_sweep.trainers.lora import LoraTrainer
 
 torch.set_num_threads(1)
@@ -138,6 +139,12 @@ def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_c
         assert samples.parent.name == f"step_{r.step:06d}"
     assert len(checkpoint_configs) == 2
     assert all(yaml.safe_load(text) == exp.model_dump(mode="json") for text in checkpoint_configs)
+    # The held-out split, once, with the first report (the sweep logs these as MLflow params).
+    assert reports[0].params == split_params(trainer.split) and not any(r.params for r in reports[1:])
+    assert {k: reports[0].params[k] for k in ("split.seed", "split.heldout_images", "split.train_images",
+                                              "split.heldout_entities", "split.train_entities")} == {
+        "split.seed": "0", "split.heldout_images": "17", "split.train_images": "44",
+        "split.heldout_entities": "3", "split.train_entities": "16"}
 
     last = reports[-1]
     assert last.final and last.step == 4 and final.step == 4 and sum(r.final for r in reports) == 1
@@ -317,8 +324,8 @@ def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_
 
 
 def _epochs_experiment(trainer: str, base: Path, cache: Path) -> Experiment:
-    # 61 sprites: LoRA 2 steps per epoch (batches of 16, 2 to a step), 2 epochs; the full trainer 3 VAE
-    # steps, then 1 step per epoch (batches of 32, 2 to a step).
+    # 44 training sprites (of 61; 17 held out): LoRA 2 steps per epoch (batches of 16, 2 to a step), 2
+    # epochs; the full trainer 3 VAE steps, then 1 step per epoch (batches of 32, 2 to a step).
     train = {"max_steps": None, "epochs": 2, "batch_size": 16, "gradient_accumulation_steps": 2}
     if trainer == "lora":
         return lora_experiment(base, cache, train=train, eval={"every_n_steps": 3})
@@ -396,3 +403,106 @@ def test_full_trainer_on_cuda_mixed_precision(catsith_cache: Path, tmp_path: Pat
     after = _all_weights(trainer)
     assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in after.values())
     assert any(not torch.equal(before[k], v) for k, v in after.items() if k.startswith("unet."))
+
+
+# ---- held-out evaluation -----------------------------------------------------------------------
+def _rows(images: torch.Tensor) -> set[bytes]:
+    """Each sprite's pixels as bytes (uint8 RGBA), to compare sets of images exactly."""
+    return {(image * 255).round().byte().numpy().tobytes() for image in images}
+
+
+def _diffusion_experiment(trainer: str, base: Path, cache: Path, **overrides: Any) -> Experiment:
+    if trainer == "full":
+        return experiment(TINY_BASE_CONFIG, cache, train={"batch_size": 8},
+                          full={"vae_steps": 2, "vae_batch_size": 8}, **overrides)
+    return lora_experiment(base, cache, **overrides)
+
+
+@pytest.mark.parametrize("trainer,overrides", [
+    ("lora", {}),  # cached latents
+    ("lora", {"data": {"cache_latents": False}}),  # encodes every batch
+    ("full", {}),  # VAE phase, latent cache, UNet phase
+], ids=["lora-cached", "lora-uncached", "full"])
+def test_no_heldout_sprite_is_trained_on(trainer: str, overrides: dict[str, Any], tiny_base: Path,
+                                         catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sprite a trainer turns into VAE input while training (what it learns from: batches,
+    latent caches) is a training-split sprite; none of a held-out entity."""
+    from catsith_sweep.trainers import diffusion as D
+
+    seen: list[torch.Tensor] = []
+    real_pixels = D.to_vae_pixels
+
+    def spy(images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(images.detach().clone())
+        return real_pixels(images, *args, **kwargs)
+
+    monkeypatch.setattr(D, "to_vae_pixels", spy)
+    exp = _diffusion_experiment(trainer, tiny_base, catsith_cache, **overrides)
+    trained: Any = make_trainer(exp, tmp_path)
+    trained.setup()
+    trained.train(4, _quiet)
+    split, images = trained.split, trained.dataset.images
+    heldout, train = _rows(images[split.heldout]), _rows(images[split.train])
+    assert len(split.heldout) == 17 and not heldout & train  # distinct designs: the check can fail
+    drawn = _rows(torch.cat(seen))
+    assert drawn and not drawn & heldout
+    assert drawn <= train
+    if trainer == "full" or not overrides:  # a latent cache encodes the whole training split
+        assert drawn == train
+
+
+def test_lora_evaluation_scores_heldout_sprites_with_a_net_that_never_saw_them(
+        tiny_base: Path, catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from catsith_sweep.metrics import scores
+    from catsith_sweep.models import sprite_net as sprite_net_module
+
+    calls: dict[str, Any] = {}
+    real_metrics, real_kind, real_net = (scores.compute_image_metrics, scores.kind_accuracy,
+                                         sprite_net_module.sprite_net_for_dataset)
+
+    def metrics_spy(real: torch.Tensor, fake: torch.Tensor, **kwargs: Any) -> dict[str, float]:
+        calls["real"], calls["fake"] = real, fake
+        return real_metrics(real, fake, **kwargs)
+
+    def kind_spy(net: Any, fake: torch.Tensor, labels: torch.Tensor) -> float:
+        calls["kinds"] = labels
+        return real_kind(net, fake, labels)
+
+    def net_spy(*args: Any, train_indices: Any = None, **kwargs: Any) -> Any:
+        calls["net_indices"] = list(train_indices) if train_indices is not None else None
+        calls["net"] = real_net(*args, train_indices=train_indices, **kwargs)
+        return calls["net"]
+
+    monkeypatch.setattr(scores, "compute_image_metrics", metrics_spy)
+    monkeypatch.setattr(scores, "kind_accuracy", kind_spy)
+    monkeypatch.setattr(sprite_net_module, "sprite_net_for_dataset", net_spy)
+    trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache), tmp_path)
+    trainer.setup()
+    evaluation = trainer.evaluate(tmp_path / "eval")
+    split, dataset = trainer.split, trainer.dataset
+
+    # The reference set is exactly the held-out sprites; the samples are drawn for held-out captions.
+    assert torch.equal(calls["real"], dataset.images[split.heldout]) and len(calls["real"]) == 17
+    assert len(calls["fake"]) == trainer.exp.eval.num_metric_samples
+    heldout_kinds = sorted({int(dataset.kinds[i]) for i in split.heldout})
+    assert set(calls["kinds"].tolist()) <= set(heldout_kinds)
+    # The sprite net was trained on the training split only (its cache entry names that split).
+    assert calls["net_indices"] == split.train
+    net = calls["net"]
+    names = [dataset.names[i] for i in split.train]
+    assert net.config.training["training_set"] == sprite_net_module.training_set_key(names)
+    assert net.config.training["images"] == len(split.train)
+    assert set(evaluation.metrics) == {m for m in LoraTrainer.surface.metric_names(trainer.exp)
+                                       if m not in ("loss", "lr")}
+
+
+def test_a_split_too_small_to_measure_is_refused_at_setup(catsith_cache: Path, tmp_path: Path) -> None:
+    """Refused (exit 2: a DatasetError), naming the numbers, before any model is loaded (the LoRA
+    experiment's base does not even exist)."""
+    from catsith_sweep.errors import DatasetError
+
+    for trainer in ("lora", "full", "vae"):
+        exp = _any_experiment(trainer, catsith_cache, data={"val_fraction": 0.0})
+        with pytest.raises(DatasetError, match="holds out 0 of 19 entities, 0 of 61 images; held-out metrics "
+                                               "need at least 8"):
+            make_trainer(exp, tmp_path).setup()

@@ -20,6 +20,7 @@ from catsith_sweep.config.schema import Experiment
 from catsith_sweep.export import onnx_vae
 from catsith_sweep.trainers import make_trainer
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
+from catsith_sweep.trainers.heldout import split_params
 from catsith_sweep.trainers.vae import VaeTrainer, perceptual_distance
 
 torch.set_num_threads(1)
@@ -112,6 +113,9 @@ def test_run_trial_vae_metrics_grid_and_checked_onnx(catsith_cache: Path, tmp_pa
         arrays = load_file(str(samples.with_suffix(".safetensors")))
         assert arrays["images"].shape == arrays["reference"].shape == (8, 4, 64, 64)
 
+    assert reports[0].params == split_params(trainer.split) and not any(r.params for r in reports[1:])
+    assert reports[0].params["split.heldout_images"] == "17"
+
     last = reports[-1]
     assert last.final and final.step == 4 and last.metrics == evals[-1].metrics
     assert set(last.exports) == {"onnx_encoder", "onnx_decoder", "onnx_check", "weights", "vae_config"}
@@ -195,3 +199,47 @@ def test_epoch_budget_is_what_the_sweep_plans(catsith_cache: Path, tmp_path: Pat
     assert set(trainer.train_indices).isdisjoint(trainer.eval_indices)
     entities = [trainer.dataset.entities[i] for i in trainer.eval_indices]
     assert not set(entities) & {trainer.dataset.entities[i] for i in trainer.train_indices}  # held-out entities
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {(image * 255).round().byte().numpy().tobytes() for image in images}
+
+
+def test_vae_trains_on_the_training_split_and_scores_the_heldout_one(
+        catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image the encoder sees while training is a training-split sprite (an epoch covers them
+    all), the perceptual/metric sprite net trained on that split only, and every metric's reference
+    set is the held-out sprites (split by data.split_seed, not train.seed)."""
+    from catsith_sweep.metrics import scores
+    from catsith_sweep.models.sprite_net import training_set_key
+
+    exp = vae_experiment(catsith_cache, train={"seed": 3}, vae={"perceptual_weight": 1.0})
+    trainer = VaeTrainer(exp, tmp_path)
+    trainer.setup()
+    split, images = trainer.split, trainer.dataset.images
+    assert split.seed == 0 and trainer.eval_indices == split.heldout and trainer.train_indices == split.train
+    heldout, train = _rows(images[split.heldout]), _rows(images[split.train])
+    assert len(split.heldout) == 17 and not heldout & train  # distinct designs: the check can fail
+
+    seen: list[torch.Tensor] = []
+    hook = trainer.model.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    trainer.train(len(trainer.sampler), _quiet)  # one epoch
+    hook.remove()
+    assert _rows(torch.cat(seen)) == train
+
+    net = trainer.sprite_net()
+    assert net.config.training["training_set"] == training_set_key([trainer.dataset.names[i] for i in split.train])
+
+    references: list[torch.Tensor] = []
+    real_metrics = scores.compute_image_metrics
+
+    def spy(real: torch.Tensor, fake: torch.Tensor, **kwargs: Any) -> dict[str, float]:
+        references.append(real)
+        return real_metrics(real, fake, **kwargs)
+
+    monkeypatch.setattr(scores, "compute_image_metrics", spy)
+    evaluation = trainer.evaluate(tmp_path / "eval")
+    (reference,) = references
+    assert torch.equal(reference, images[split.heldout])  # the prior metrics' reference set
+    arrays = load_file(str(evaluation.images["samples"].with_suffix(".safetensors")))
+    assert _rows(arrays["reference"]) <= heldout  # reconstructions are of held-out sprites

@@ -71,13 +71,26 @@ class DataSection(Section):
     """Seed of the synthetic sprite set (used when `path` is empty)."""
     synth_variants: int = Field(3, ge=1, le=20)
     """Designs per entity kind in the synthetic set."""
-    synth_style: Literal["16bit", "handheld"] = "16bit"
+    synth_style: Literal["16bit", "handheld", "neon"] = "16bit"
     """Art style of the synthetic set (see data/synth_styles.py): `16bit` (what the builtin base is
-    trained on) or `handheld` (a four-shade green palette, for a style LoRA on a real base)."""
+    trained on), `handheld` (a four-shade green palette) or `neon` (complementary, saturated colours
+    with one dark violet outline: the look the `lora_style` demo adapts the base to)."""
+    caption_colors: Literal["guide", "measured"] = "guide"
+    """Colour words of the captions the synthetic set is generated with (data/captions.py): `guide`,
+    the guide's rule word for word (the strictly largest channel of base_color: any red-dominant colour
+    is "red", grey-brown asteroids included), or `measured`, the word (grey, brown, orange, purple, ...)
+    for the colour covering most of each design's opaque pixels. Each rule has its own cached set. A
+    dataset at `path` keeps its own caption files: write them with `dataset caption DIR --colors ...`
+    (or `dataset import-sheet ... --colors ...`)."""
     resolution: int = Field(64, ge=8, le=1024)
     """Sprite size in pixels (square). CatSith's sprite preset is 64."""
     val_fraction: float = Field(0.15, ge=0, lt=1)
-    """Share of entities held out for evaluation (split by entity, never by image)."""
+    """Share of entities held out for evaluation, by every trainer (split by entity, never by image;
+    `data.split.split_by_entity`). Selection metrics are computed on the held-out side only; a split
+    with fewer than 8 held-out images is refused."""
+    split_seed: int = 0
+    """Seed of the held-out split. Its own key, not `train.seed`, so every trial of a sweep holds out
+    the same entities even when `train.seed` is searched: keep it fixed within a sweep."""
     augment: AugmentSection = Field(default_factory=AugmentSection)
     cache_latents: bool = True
     """Encode images and captions once and train on the cache (kohya's cache_latents). Ignored while

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.captions import caption_path, generate_caption
+from catsith_sweep.data.captions import COLOR_RULES, ColorRule, caption_path, generate_caption
 from catsith_sweep.data.metadata import (
     IMAGES_DIR,
     METADATA_NAME,
@@ -268,15 +268,18 @@ def import_sheet(sheet: Path, out: Path, *, frame_size: tuple[int, int] | None =
                  grid: tuple[int, int] | None = None, frames: int | None = None, category: str,
                  kind: str, entity_id: str | None = None, directions: int = 1, color_key: ColorKey = None,
                  size: int = 64, counter_clockwise: bool = False, first_direction: int = 0,
-                 base_color: tuple[int, int, int] | None = None,
+                 base_color: tuple[int, int, int] | None = None, caption_colors: ColorRule = "guide",
                  warn: Callable[[str], None] | None = None) -> DatasetReport:
     """Cut `sheet` into one new entity of the dataset at `out` (created if absent); see the module doc.
-    `warn` receives warnings (default: `warnings.warn`)."""
+    `caption_colors`: the captions' colour rule (captions.COLOR_RULES). `warn` receives warnings
+    (default: `warnings.warn`)."""
     sheet, out = Path(sheet), Path(out)
     problems = _check_args(category, kind, directions, size, first_direction, entity_id)
     if base_color is not None and not (len(base_color) == 3 and all(
             isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in base_color)):
         problems.append(f"base_color {base_color!r}: expected (r, g, b), three integers 0..255")
+    if caption_colors not in COLOR_RULES:
+        problems.append(f"caption colours {caption_colors!r}: expected one of {', '.join(COLOR_RULES)}")
     if problems:
         raise DatasetError(problems)
     if color_key is not None and color_key != "auto" and not isinstance(color_key, tuple):
@@ -307,11 +310,12 @@ def import_sheet(sheet: Path, out: Path, *, frame_size: tuple[int, int] | None =
         raise DatasetError([f"{out / IMAGES_DIR / n}: already exists; choose another entity id" for n in taken])
     entity = Entity(id=entity_id, category=category, kind=kind, directions=directions,
                     base_color=_mean_color(sprites) if base_color is None else base_color, files=names)
-    _write_entity(out, meta, entity, sprites)
+    _write_entity(out, meta, entity, sprites, caption_colors)
     return validate_dataset(out, size=size)
 
 
-def _write_entity(out: Path, meta: Metadata, entity: Entity, sprites: list[np.ndarray]) -> None:
+def _write_entity(out: Path, meta: Metadata, entity: Entity, sprites: list[np.ndarray],
+                  colors: ColorRule = "guide") -> None:
     """Images and captions first, metadata.json last (atomically): a failure leaves the old dataset."""
     created_dir = not out.exists()
     written: list[Path] = []
@@ -320,7 +324,8 @@ def _write_entity(out: Path, meta: Metadata, entity: Entity, sprites: list[np.nd
             for path, data in (
                 (out / IMAGES_DIR / name, _png_bytes(pixels)),
                 (caption_path(out, name), (generate_caption(
-                    entity, index, prefix=meta.captions.style_prefix, suffix=meta.captions.style_suffix)
+                    entity, index, prefix=meta.captions.style_prefix, suffix=meta.captions.style_suffix,
+                    colors=colors, pixels=sprites)
                     + "\n").encode("utf-8")),
             ):
                 atomic_write_bytes(path, data)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.captions import write_captions
+from catsith_sweep.data.captions import COLOR_RULES, ColorRule, write_captions
 from catsith_sweep.data.metadata import IMAGES_DIR, Captions, Entity, Metadata, write_metadata
 from catsith_sweep.data.synth_shapes import (
     ACCENT,
@@ -185,13 +185,13 @@ def _write_category(images: Path, category: str, painters: dict[str, Painter], s
 
 
 def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3,
-                  style: str = "16bit") -> DatasetReport:
+                  style: str = "16bit", caption_colors: ColorRule = "guide") -> DatasetReport:
     """Write the procedural exospace set to `out` (which must not exist, or be an empty folder).
 
     6 ship kinds x `variants` designs x 8 directions, 6 projectile and 7 environment kinds x
-    `variants`, coloured and captioned in `style` (see synth_styles.py). Same arguments give the same
-    bytes. The set is built in a temporary folder beside `out` and renamed into place, so `out` is
-    either complete or absent.
+    `variants`, coloured and captioned in `style` (see synth_styles.py), the captions' colour words by
+    `caption_colors` (captions.COLOR_RULES). Same arguments give the same bytes. The set is built in
+    a temporary folder beside `out` and renamed into place, so `out` is either complete or absent.
     """
     out = Path(out)
     problems = []
@@ -199,6 +199,8 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
         chosen = get_style(style)
     except ValueError as exc:
         problems.append(str(exc))
+    if caption_colors not in COLOR_RULES:
+        problems.append(f"caption colours {caption_colors!r}: expected one of {', '.join(COLOR_RULES)}")
     if variants < 1:
         problems.append(f"variants {variants}: expected at least 1 design per kind")
     try:
@@ -215,7 +217,7 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
                     for entity in _write_category(tmp / IMAGES_DIR, category, painters, seed, size, variants, chosen)]
         write_metadata(tmp, Metadata(version="1.0", style=chosen.metadata_style, entities=entities,
                                      captions=Captions(style_suffix=chosen.caption_suffix)))
-        write_captions(tmp)
+        write_captions(tmp, colors=caption_colors)
         validate_dataset(tmp, size=size)  # a bug here must never reach a training run
     return validate_dataset(out, size=size)
 

@@ -23,12 +23,12 @@ records `scaling_factor: 0.18215` accordingly, and the original under `catsith_s
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from catsith_sweep.io import staged_dir
 
 ONNX_SD_SCALING = 0.18215  # what ONNX SD pipelines (diffusers, optimum) multiply latents by
 OPSET_VERSION = 17
@@ -176,19 +176,9 @@ def export_onnx_pipeline(parts: Any, out_dir: str | Path, *, resolution: int = 6
     failed export leaves any earlier folder whole."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        files = _write_folder(parts, staging, resolution)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return OnnxPipelineExport(target, {k: target / v.relative_to(staging) for k, v in files.items()})
+    with staged_dir(target) as staging:
+        files = {name: path.relative_to(staging) for name, path in _write_folder(parts, staging, resolution).items()}
+    return OnnxPipelineExport(target, {k: target / v for k, v in files.items()})
 
 
 def load_onnx_pipeline(directory: str | Path) -> Any:

@@ -39,8 +39,10 @@ def _tracking_uri(flag: str | None, file_uri: str | None) -> str:
 
 
 def _print_choice(choice: Any, named: bool) -> None:
-    """Why this trial: the top finished trials by the sweep's metric, and better ones that did not finish."""
+    """Which sweep, why this trial: the top finished trials by the sweep's metric, and better ones that
+    did not finish."""
     metric, mode = choice.metric, choice.mode
+    out.print(f"using {escape(choice.sweep_note)}")
     if named:
         where = f"rank {choice.position}" if choice.position else "unranked"
         out.print(f"run {choice.run_id} (trial {choice.trial}), as asked: {where} among the finished trials of "
@@ -49,15 +51,15 @@ def _print_choice(choice: Any, named: bool) -> None:
         out.print(f"best finished trial of sweep {choice.sweep_id} by {metric} ({mode}): trial {choice.trial} "
                   f"(run {choice.run_id}), {metric} = {_fmt(choice.value)}")
     table = Table(title=f"top finished trials by {metric} ({mode})")
-    for column in ("rank", "trial", metric, "run id"):
+    for column in ("rank", "trial", "name", metric, "run id"):
         table.add_column(column)
     for i, row in enumerate(choice.top, start=1):
-        mark = " <-" if row["run_id"] == choice.run_id else ""
-        table.add_row(str(i), row["trial"] + mark, _fmt(row.get(metric)), row["run_id"])
+        mark = " <-" if row.run_id == choice.run_id else ""
+        table.add_row(str(i), row.trial + mark, escape(row.name), _fmt(row.value(metric)), row.run_id)
     out.print(table)
-    out.print("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(choice.counts.items())))
+    out.print("trials: " + ", ".join(f"{n} {k}" for k, n in choice.counts.items()))
     for row in choice.skipped:
-        out.print(f"  not promoted, {row['outcome']}: trial {row['trial']} with {metric} = {_fmt(row.get(metric))}")
+        out.print(f"  not promoted, {row.outcome}: trial {row.trial} with {metric} = {_fmt(row.value(metric))}")
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -95,11 +97,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
         loaded = load_experiment(args.experiment_file).experiment
         file_section, file_uri = loaded.promote, loaded.tracking.uri
     uri = _tracking_uri(args.tracking_uri, file_uri)
-    choice = choose_trial(uri, args.experiment_name, args.run_id)
+    choice = choose_trial(uri, args.experiment_name, args.run_id, args.sweep_id)
     _print_choice(choice, named=bool(args.run_id))
     from catsith_sweep.promote.vae import trial_trainer
 
-    if trial_trainer(uri, choice.run) == "vae":
+    if trial_trainer(uri, choice.row) == "vae":
         from catsith_sweep.promote.vae import promote_vae
 
         for flag in ("registry", "category"):
@@ -212,6 +214,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "SpriteVAE: a models folder) and the MLflow Model Registry as champion")
     p.add_argument("experiment_name", help="MLflow experiment (the experiment's name)")
     p.add_argument("--run-id", default=None, help="promote this trial run instead of the best one")
+    p.add_argument("--sweep-id", default=None, help="the best trial of this sweep (default: the newest finished "
+                   "sweep; an interrupted newer one is passed over)")
     p.add_argument("--registry", default=None, help="CatSith LoRA registry dir (default: promote.registry, "
                    "else the CatSith user registry)")
     p.add_argument("--name", default=None, help="package name and registered model name")

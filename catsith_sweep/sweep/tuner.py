@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from catsith_sweep.config import LoadedExperiment
-from catsith_sweep.sweep.callbacks import ProgressTable, TrialOutcomes
+from catsith_sweep.sweep.callbacks import ProgressTable, TrialOutcomes, trial_dirname, trial_name
 from catsith_sweep.sweep.trainable import STEP, SweepContext, trial_main
 
 
@@ -33,17 +33,16 @@ def _scheduler(loaded: LoadedExperiment, max_evaluations: int) -> Any:
     return FIFOScheduler()
 
 
-def _searcher(loaded: LoadedExperiment, context: SweepContext) -> Any:
-    from catsith_sweep.sweep.search import BudgetAwareOptunaSearch
+def _searcher(loaded: LoadedExperiment) -> Any:
+    from catsith_sweep.sweep.search import OptunaStudySearcher
     from catsith_sweep.sweep.space import make_sampler, optuna_space
 
     search = loaded.experiment.search
-    dists, fixed = optuna_space(loaded.space)
-    context.fixed_params = fixed
+    dists, _ = optuna_space(loaded.space)  # the fixed values travel in SweepContext.fixed_params
     metrics, modes = search.metrics(), search.modes()
     if not dists:  # nothing to search: Optuna needs a space, so repeat the fixed config
         return None
-    return BudgetAwareOptunaSearch(
+    return OptunaStudySearcher(
         space=dists, metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(search.sampler, search.seed),
     )
@@ -55,7 +54,7 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
 
     search = loaded.experiment.search
     metrics, modes = search.metrics(), search.modes()
-    searcher = _searcher(loaded, context)
+    searcher = _searcher(loaded)
     outcomes = TrialOutcomes(uri=context.tracking_uri, experiment_id=context.experiment_id,
                              parent_run_id=context.parent_run_id, metrics=metrics)
     table = ProgressTable(outcomes, metrics[0], list(loaded.space))
@@ -65,6 +64,7 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
         metric=metrics[0] if single else None, mode=modes[0] if single else None,
         num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent_trials,
         reuse_actors=True,  # each new trial process pays ~17 s of imports; see field notes
+        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         name="tune", storage_path=str(sweep_dir), callbacks=[outcomes, table], verbose=0,
@@ -78,7 +78,6 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
 def restore_tuner(loaded: LoadedExperiment, context: SweepContext, tune_dir: Path) -> tuple[Any, None]:
     from ray import tune
 
-    _searcher(loaded, context)  # recomputes the fixed params into the context
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(loaded, context),
                                resume_unfinished=True, resume_errored=True, restart_errored=False)
     return tuner, None

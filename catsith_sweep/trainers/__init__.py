@@ -13,8 +13,17 @@ is built from these parts:
   (threads, device, precision, seeds, GradScaler);
 - one readable loop in `train`: micro-batches under `runtime.autocast(self.rt)`, `check_finite`,
   `backward`, then `optimizer_step` (unscale, clip, step, zero, schedule);
-- `total_steps` from `surface.budget_steps` and a static `batches_per_epoch(experiment, dataset)`,
-  which the sweep also calls to size its early-stopping scheduler;
+- held-out evaluation (`trainers.heldout`): in `setup`, right after opening the dataset,
+  `self.split = heldout.experiment_split(self.exp, dataset)` (whole entities, `data.val_fraction`,
+  `data.split_seed`; too small to measure is refused there); train only on `split.train`; compute
+  every selection metric on `split.heldout`, with the sprite net from
+  `sampling.sprite_net(dataset, exp, train_indices=split.train)` (diffusion trainers call
+  `sampling.evaluate_samples(..., split=self.split)`, which does both); figures on the training
+  split, if logged at all, are named `train_<metric>`; `run_params()` returns
+  `heldout.split_params(self.split)`, which `run_trial` sends once with the first report;
+- `total_steps` from `surface.budget_steps` and a static `batches_per_epoch(experiment, dataset)`
+  counting batches of the training split, which the sweep also calls to size its early-stopping
+  scheduler;
 - `save`/`restore` through `trainers.checkpoint` (pass `scaler=self.rt.scaler`);
 - one line in `TRAINERS` below (and in `NEEDS_BASE` when it starts from `model.base`).
 """

@@ -35,7 +35,8 @@ class Evaluation:
 @dataclass
 class Report:
     """One message from a trial to whoever runs it. `checkpoint` is a directory the receiver may
-    copy or keep; `final` marks the last report, which carries the exports."""
+    copy or keep; `final` marks the last report, which carries the exports. `params` (facts of the
+    run such as its held-out split, `split.*`) come once, with the first report of a run."""
 
     step: int
     metrics: dict[str, float]
@@ -43,6 +44,7 @@ class Report:
     checkpoint: Path | None = None
     exports: dict[str, Path] = field(default_factory=dict)
     final: bool = False
+    params: dict[str, str] = field(default_factory=dict)
 
 
 Reporter = Callable[[Report], None]
@@ -67,6 +69,11 @@ class Trainer(Protocol):
 
     def total_steps(self) -> int:
         """The trial's step budget: `surface.budget_steps` over `batches_per_epoch`."""
+        ...
+
+    def run_params(self) -> dict[str, str]:
+        """Facts of the run to record once as params, after `setup`: at least the held-out split
+        (`trainers.heldout.split_params`)."""
         ...
 
     def train(self, steps: int, log: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
@@ -106,14 +113,29 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_params_once(report: Reporter, params: dict[str, str]) -> Reporter:
+    """`report`, with `params` attached to the first report it sends."""
+    pending = dict(params)
+
+    def send(r: Report) -> None:
+        if pending:
+            r.params = {**pending, **r.params}
+            pending.clear()
+        report(r)
+
+    return send
+
+
 def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: Reporter,
               *, resume_from: Path | None = None, log_every: int | None = None) -> Evaluation:
     """Drive `trainer` through its budget: train to each evaluation point, evaluate, checkpoint,
-    report; at the end export. `resume_from` is a checkpoint directory written by an earlier run."""
+    report; at the end export. `resume_from` is a checkpoint directory written by an earlier run.
+    The first report carries the trainer's `run_params`."""
     workdir.mkdir(parents=True, exist_ok=True)
     trainer.setup()
     if resume_from is not None:
         trainer.restore(resume_from)
+    report = _with_params_once(report, trainer.run_params())
     total = trainer.total_steps()
     every = experiment.eval.every_n_steps
     log_every = log_every or experiment.tracking.log_every_n_steps

@@ -6,7 +6,9 @@ text encoder on cached VAE latents. Both phases accumulate `train.gradient_accum
 micro-batches per step and run under `train.mixed_precision` (on CUDA); `train.gradient_checkpointing`
 applies to all three models; clipping (`train.max_grad_norm`) to the second phase. The export (format
 `diffusers`) is a diffusers folder: what `base build` caches and what LoRA trials load as
-`builtin:catsith-tiny`.
+`builtin:catsith-tiny`. Both phases train on the training side of the held-out split only (the
+VAE, the latent cache and the UNet's captions); evaluations score the held-out side
+(`trainers.heldout`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from catsith_sweep.models.builtin import DiffusionParts, build_untrained, save_p
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.heldout import experiment_split, split_params
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
 from catsith_sweep.trainers.surface import FULL, TrainerSurface, budget_steps
@@ -45,10 +48,13 @@ class FullTrainer:
         self.surface.formats(self.exp)  # refused now, not after the whole budget
         self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir, augment=False)
-        self.images = self.dataset.images
-        self.captions = list(self.dataset.captions)
+        self.split = experiment_split(self.exp, self.dataset)  # refused now when too small to measure
+        # What training sees: the training split's sprites and captions, nothing held out.
+        self.images = self.dataset.images[self.split.train]
+        self.captions = [self.dataset.captions[i] for i in self.split.train]
         self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
-        self.parts: DiffusionParts = build_untrained([*self.captions, *self.prompts])
+        # The tokenizer's vocabulary covers every caption (held-out ones are prompts at evaluation).
+        self.parts: DiffusionParts = build_untrained([*self.dataset.captions, *self.prompts])
         for module in (self.parts.vae, self.parts.unet, self.parts.text_encoder):
             module.to(self.rt.device)
         if train.gradient_checkpointing:
@@ -68,11 +74,14 @@ class FullTrainer:
 
     @staticmethod
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
-        """UNet micro-batches in one pass over the images (drawn at random, with replacement)."""
-        return -(-len(dataset) // experiment.train.batch_size)
+        """UNet micro-batches in one pass over the training split (drawn at random, with replacement)."""
+        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     def _batch(self, size: int) -> torch.Tensor:
         return torch.randint(0, len(self.images), (size,), generator=self.rt.generator)
@@ -151,7 +160,7 @@ class FullTrainer:
         self.parts.unet.eval()
         self.parts.text_encoder.eval()
         return evaluate_samples(self.parts, self.dataset, self.exp, out_dir, self.prompts, self.step,
-                                self.rt.device)
+                                self.rt.device, split=self.split)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.parts.vae, "unet": self.parts.unet, "text_encoder": self.parts.text_encoder}
@@ -180,5 +189,6 @@ class FullTrainer:
     def export(self, directory: Path) -> dict[str, Path]:
         save_parts(self.parts, directory / "diffusers")
         (directory / "diffusers" / "catsith_base.json").write_text(json.dumps(
-            {"architecture": self.cfg.architecture, "steps": self.step, "dataset": str(self.dataset.root)}))
+            {"architecture": self.cfg.architecture, "steps": self.step, "dataset": str(self.dataset.root),
+             **self.split.params()}))
         return {"diffusers": directory / "diffusers"}

@@ -4,6 +4,8 @@ diffusers + peft: adapters on the UNet's attention projections (optionally the t
 with a constant or cosine schedule after warm-up, gradient accumulation, mixed precision on CUDA.
 Latents and caption embeddings are computed once when nothing makes them change between steps (no
 augmentation, frozen text encoder: kohya's cache_latents), so the step loop is the UNet step alone.
+It trains on the training side of the held-out split only and evaluates on the held-out side
+(`trainers.heldout`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from catsith_sweep.models.base_source import load_base
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.heldout import experiment_split, split_params
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
 from catsith_sweep.trainers.surface import LORA, TrainerSurface, budget_steps
@@ -45,6 +48,8 @@ class LoraTrainer:
         self.formats = self.surface.formats(self.exp)  # refused now, not after the whole budget
         self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
+        self.split = experiment_split(self.exp, self.dataset)  # refused now when too small to measure
+        self.train_indices = self.split.train
         self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
         self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
         for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
@@ -57,7 +62,6 @@ class LoraTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
-        self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self._can_cache() else None
 
     def _add_adapters(self) -> None:
@@ -91,12 +95,14 @@ class LoraTrainer:
 
     @torch.no_grad()
     def _build_cache(self) -> dict[str, torch.Tensor]:
-        images = self.dataset.images
+        """Latent distributions and caption embeddings of the training split, row i for
+        `train_indices[i]` (held-out sprites are never encoded for training)."""
+        images = self.dataset.images[self.train_indices]
         pixels = [D.to_vae_pixels(images[s:s + 64], self.parts.rgba).to(self.rt.device, self.parts.vae.dtype)
                   for s in range(0, len(images), 64)]
         dists = [self.parts.vae.encode(p).latent_dist for p in pixels]
         scale = self.parts.vae.config.scaling_factor
-        captions = list(self.dataset.captions) + [""]
+        captions = [self.dataset.captions[i] for i in self.train_indices] + [""]
         embeddings = self._embed(captions)
         return {"mean": torch.cat([d.mean for d in dists]) * scale,
                 "std": torch.cat([d.std for d in dists]) * scale,
@@ -107,11 +113,15 @@ class LoraTrainer:
 
     @staticmethod
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
-        """Micro-batches in one pass over the images (batches are drawn at random, with replacement)."""
-        return -(-len(dataset) // experiment.train.batch_size)
+        """Micro-batches in one pass over the training split (batches are drawn at random, with
+        replacement)."""
+        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     # ---- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +130,10 @@ class LoraTrainer:
         pick = torch.randint(0, len(self.train_indices), (self.exp.train.batch_size,), generator=generator)
         idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
         drop = torch.rand(len(idx), generator=generator) < self.cfg.caption_dropout_rate
-        if self.cache is not None:
-            noise = torch.randn(self.cache["mean"][idx].shape, generator=generator).to(device)
-            latents = self.cache["mean"][idx] + self.cache["std"][idx] * noise
-            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][idx])
+        if self.cache is not None:  # rows of the training split
+            noise = torch.randn(self.cache["mean"][pick].shape, generator=generator).to(device)
+            latents = self.cache["mean"][pick] + self.cache["std"][pick] * noise
+            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][pick])
             return latents, emb
         items = [self.dataset[i] for i in idx.tolist()]
         images = torch.stack([item["image"] for item in items])
@@ -163,7 +173,7 @@ class LoraTrainer:
         self.parts.unet.eval()
         self.parts.text_encoder.eval()
         return evaluate_samples(self.parts, self.dataset, self.exp, out_dir, self.prompts, self.step,
-                                self.rt.device)
+                                self.rt.device, split=self.split)
 
     # ---- checkpoints and exports ---------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:

@@ -33,7 +33,10 @@ ENGINE_KEYS: tuple[str, ...] = (
     "search", "resources", "tracking", "promote",
 )
 # Groups of keys that several trainers read. A key names itself and everything under it.
-DATASET_KEYS = ("data.path", "data.synth_seed", "data.synth_variants", "data.synth_style", "data.resolution")
+# Every trainer holds out `data.val_fraction` of the entities (drawn with `data.split_seed`): see
+# `trainers.heldout`.
+DATASET_KEYS = ("data.path", "data.synth_seed", "data.synth_variants", "data.synth_style", "data.resolution",
+                "data.val_fraction", "data.split_seed")
 LOOP_KEYS = (
     "train.max_steps", "train.epochs", "train.batch_size", "train.gradient_accumulation_steps",
     "train.learning_rate", "train.lr_scheduler", "train.lr_warmup_steps", "train.weight_decay",
@@ -44,9 +47,12 @@ SAMPLING_EVAL_KEYS = ("eval.prompts", "eval.seeds", "eval.num_inference_steps", 
 # `{fx}` is the feature extractor's prefix: `sprite_` for eval.feature_extractor sprite, none for inception.
 SAMPLING_METRICS = ("{fx}fid", "{fx}kid", "{fx}kid_std", "{fx}lpips", "kind_accuracy", "direction_accuracy",
                     "palette_distance")
-# Keys that change how many optimizer steps (and so evaluations) a trial takes, for every trainer.
+# The held-out split's keys: fixed for a sweep, never searched (trials are ranked on that split).
+SPLIT_KEYS = ("data.val_fraction", "data.split_seed")
+# Keys that change how many optimizer steps (and so evaluations) a trial takes, for every trainer
+# (the split's: epochs count batches of its training side).
 BUDGET_KEYS = ("train.max_steps", "train.epochs", "train.batch_size", "train.gradient_accumulation_steps",
-               "eval.every_n_steps")
+               "eval.every_n_steps", "data.val_fraction", "data.split_seed")
 
 
 @dataclass(frozen=True)
@@ -106,14 +112,13 @@ LORA = TrainerSurface(
 )
 VAE = TrainerSurface(
     name="vae",
-    reads=(*DATASET_KEYS, "data.val_fraction", "data.augment", *LOOP_KEYS, "eval.num_metric_samples", "vae"),
+    reads=(*DATASET_KEYS, "data.augment", *LOOP_KEYS, "eval.num_metric_samples", "vae"),
     export_formats=("onnx",),
     default_formats=("onnx",),
     metrics=("recon_mse", "psnr", "sprite_lpips", "kl", "palette_distance", "active_latents",
              "sprite_fid_prior", "sprite_kid_prior", "sprite_kid_std_prior", "sprite_lpips_prior",
              "palette_distance_prior", "direction_consistency", "direction_consistency_ratio",
              "loss", "recon", "kl_train", "perceptual", "direction", "kl_weight", "lr"),
-    budget_keys=("data.val_fraction",),  # epochs count batches of the train split
 )
 FULL = TrainerSurface(
     name="full",
@@ -243,10 +248,13 @@ def surface_problems(loaded: LoadedExperiment) -> list[str]:
     space_lines = load_yaml_with_lines(loaded.space_file)[1] if loaded.space_file else {}
     inline = (raw.get("search") or {}).get("space") or {} if isinstance(raw, dict) else {}
     for key in loaded.space:
+        spot = (where(f"search.space.{key}", ("search", "space", key)) if key in inline
+                else where(f"search.space.{key}", ("space", key), loaded.space_file, space_lines))
         if not surface.reads_key(key):
-            spot = (where(f"search.space.{key}", ("search", "space", key)) if key in inline
-                    else where(f"search.space.{key}", ("space", key), loaded.space_file, space_lines))
             problems.append(f"{spot} search.space.{key}: {_unread(surface, key)}")
+        elif key in SPLIT_KEYS:
+            problems.append(f"{spot} search.space.{key}: the held-out split must be the same in every trial "
+                            f"of a sweep (their metrics are compared on it); set `{key}` in the file instead")
     unsupported = [f for f in exp.export.formats or () if f not in surface.export_formats]
     if unsupported:
         problems.append(f"{where('export.formats')} export.formats: trainer `{surface.name}` cannot write "

@@ -1,8 +1,10 @@
 """The guide's sprite VAE ("Custom VAE Training"), trained from scratch on a sprite dataset.
 
 Loss per batch: recon + beta * warm-up(step) * KL + perceptual_weight * perceptual + direction_weight *
-direction consistency (`models.sprite_vae`). Batches come from `EntityBatchSampler` over the train split,
-so the directions of an entity arrive together and the direction term has groups to pull together.
+direction consistency (`models.sprite_vae`). Batches come from `EntityBatchSampler` over the training
+side of the held-out split (`trainers.heldout`), so the directions of an entity arrive together and the
+direction term has groups to pull together; the sprite net of the perceptual term and of the metrics is
+trained on that side too.
 The perceptual term is the sprite net's LPIPS recipe (`metrics.features.sprite_lpips`) made
 differentiable: the same unit-normalised feature maps, the net frozen. (VGG is not offered: torchvision
 and its weights are not a dependency, and ImageNet features judge 64 px pixel art poorly anyway.)
@@ -11,14 +13,15 @@ Metric names (never a LoRA metric name with another meaning):
 - `recon_mse` (per-pixel mean over RGBA), `psnr` (dB, per image, averaged), `sprite_lpips` (each
   reconstruction against its input, paired), `kl` (nats per image), `active_latents` (latent dims whose
   posterior mean varies over the data by > 0.01, Burda et al.), `palette_distance` (colour histograms of
-  reconstructions against inputs, 0 to 1): on the held-out entities (the validation split; the whole set
-  when it is empty). Reconstructions decode the posterior mean.
+  reconstructions against inputs, 0 to 1): on the held-out entities. Reconstructions decode the
+  posterior mean.
 - `sprite_fid_prior`, `sprite_kid_prior`, `sprite_kid_std_prior`, `sprite_lpips_prior` (each sample against
   its nearest real sprite), `palette_distance_prior`: `eval.num_metric_samples` images decoded from fixed
-  N(0, I) latents against the whole dataset.
-- `direction_consistency`: the direction term over every entity's latent means (mean within-entity
-  variance; lower is more consistent) and `direction_consistency_ratio`: the same divided by the latents'
-  overall variance, which a collapsed (tiny) latent space cannot game.
+  N(0, I) latents against the held-out sprites.
+- `direction_consistency`: the direction term over every held-out entity's latent means (mean
+  within-entity variance; lower is more consistent) and `direction_consistency_ratio`: the same divided
+  by the latents' overall variance, which a collapsed (tiny) latent space cannot game.
+Every metric is on held-out sprites; none is computed on the training split.
 Training logs `loss`, `recon`, `kl_train`, `perceptual`, `direction`, `kl_weight`, `lr`.
 
 Exports (`export.formats`, default `onnx`): `sprite_vae_encoder.onnx` and `sprite_vae_decoder.onnx`
@@ -43,6 +46,7 @@ from catsith_sweep.models.sprite_vae import SpriteVAE, direction_consistency_los
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.heldout import experiment_split, split_params
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.surface import VAE, TrainerSurface, budget_steps
 
@@ -95,7 +99,8 @@ class VaeTrainer:
             raise UserInputError(f"vae.hidden_dims has {len(self.cfg.hidden_dims)} down-sampling blocks, so the "
                                  f"sprite size must be a multiple of {2 ** len(self.cfg.hidden_dims)}; "
                                  f"the dataset's is {self.dataset.size}")
-        self.train_indices, self.eval_indices, self.sampler = self.split(self.exp, self.dataset)
+        self.split, self.sampler = self.split_and_sampler(self.exp, self.dataset)
+        self.train_indices, self.eval_indices = self.split.train, self.split.heldout
         self.epoch, self.batch_pos = 0, 0
         self._epoch_batches: list[list[int]] | None = None
         self.model = SpriteVAE(self.cfg.latent_dim, self.cfg.hidden_dims, self.dataset.size, 4).to(self.rt.device)
@@ -112,27 +117,30 @@ class VaeTrainer:
         if self._net is None:
             from catsith_sweep.trainers.sampling import sprite_net
 
-            self._net = sprite_net(self.dataset, self.exp).to(self.rt.device).eval().requires_grad_(False)
+            net = sprite_net(self.dataset, self.exp, train_indices=self.train_indices)
+            self._net = net.to(self.rt.device).eval().requires_grad_(False)
         return self._net
 
     @staticmethod
-    def split(experiment: Experiment, dataset: Any) -> tuple[list[int], list[int], Any]:
-        """(train indices, evaluation indices, the train split's entity-grouped batch sampler):
-        `data.val_fraction` of the entities held out; evaluation on all of them when none is."""
-        from catsith_sweep.data.dataset import EntityBatchSampler, split_indices
+    def split_and_sampler(experiment: Experiment, dataset: Any) -> tuple[Any, Any]:
+        """(the held-out split, an entity-grouped batch sampler over its training side); the split
+        is refused (DatasetError) when too small to measure."""
+        from catsith_sweep.data.dataset import EntityBatchSampler
 
+        split = experiment_split(experiment, dataset)
         train = experiment.train
-        train_indices, val = split_indices(dataset, experiment.data.val_fraction, train.seed)
-        sampler = EntityBatchSampler(dataset, train.batch_size, train.seed, indices=train_indices)
-        return train_indices, val or list(range(len(dataset))), sampler
+        return split, EntityBatchSampler(dataset, train.batch_size, train.seed, indices=split.train)
 
     @classmethod
     def batches_per_epoch(cls, experiment: Experiment, dataset: Any) -> int:
         """Entity-grouped batches in one pass over the train split (its first epoch's count)."""
-        return len(cls.split(experiment, dataset)[2])
+        return len(cls.split_and_sampler(experiment, dataset)[1])
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: len(self.sampler))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     # ---- training ----------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -228,15 +236,13 @@ class VaeTrainer:
         metrics["palette_distance"] = palette_distance(inputs, recon)
 
         prior = self._decode(self.prior_latents(self.exp.eval.num_metric_samples))
-        scores = compute_image_metrics(self.dataset.images, prior, backend="sprite", net=net,
-                                       seed=self.exp.train.seed)
+        scores = compute_image_metrics(inputs, prior, backend="sprite", net=net, seed=self.exp.train.seed)
         metrics.update({f"{key}_prior": value for key, value in scores.items()})
-        metrics["palette_distance_prior"] = palette_distance(self.dataset.images, prior)
+        metrics["palette_distance_prior"] = palette_distance(inputs, prior)
 
-        mu_all, _ = self._encode(self.dataset.images)
-        metrics["active_latents"] = float((mu_all.var(dim=0) > ACTIVE_THRESHOLD).sum())
-        consistency = float(direction_consistency_loss(mu_all, self.dataset.entities))
-        spread = float(mu_all.var(dim=0, unbiased=False).mean())
+        metrics["active_latents"] = float((mu.var(dim=0) > ACTIVE_THRESHOLD).sum())
+        consistency = float(direction_consistency_loss(mu, [self.dataset.entities[i] for i in self.eval_indices]))
+        spread = float(mu.var(dim=0, unbiased=False).mean())
         metrics["direction_consistency"] = consistency
         metrics["direction_consistency_ratio"] = consistency / spread if spread > 0 else math.nan
 
