@@ -113,6 +113,7 @@ def test_run_trial_reports_latency_and_exports_reload(tiny_base: Path, catsith_c
     assert 0 < metrics["latency_ratio"] < 1 and metrics["latency_ms"] < metrics["teacher_latency_ms"]
     assert metrics["latency_ratio"] == pytest.approx(metrics["latency_ms"] / metrics["teacher_latency_ms"])
     assert metrics["unet_params"] < metrics["teacher_unet_params"]
+    assert "split.heldout_images" in trainer.run_params()  # scored on the held-out split, as LoRA is
 
     final = reports[-1]
     assert final.final and set(final.exports) == {"diffusers", "onnx"}

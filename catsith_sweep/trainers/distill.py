@@ -13,8 +13,9 @@ logged (`loss_task`, ...); `distill.normalize_losses` divides each by its first 
 An evaluation scores the student pipeline (the teacher's tokenizer, text encoder, VAE and scheduler with
 the student UNet) with the same sampling metrics as the LoRA trainer, and times it against the teacher:
 `latency_ms`, `teacher_latency_ms` and their `latency_ratio` (trainers/latency.py), with `unet_params`
-and `teacher_unet_params`. Exports: the student pipeline as a diffusers folder, and as the ONNX folder
-CatSith runs.
+and `teacher_unet_params`. It trains on the training side of the held-out split and scores on the
+held-out side (`trainers.heldout`), as every trainer does. Exports: the student pipeline as a diffusers
+folder, and as the ONNX folder CatSith runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from catsith_sweep.trainers.distill_loss import (
     predicted_x0,
     tap_blocks,
 )
+from catsith_sweep.trainers.heldout import experiment_split, split_params
 from catsith_sweep.trainers.latency import measure_latency
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
@@ -75,6 +77,8 @@ class DistillTrainer:
         self.formats = self.surface.formats(self.exp)  # refused now, not after the whole budget
         self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
+        self.split = experiment_split(self.exp, self.dataset)  # refused now when too small to measure
+        self.train_indices = self.split.train
         self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
         self.teacher = self._load_teacher()
         for module in (self.teacher.vae, self.teacher.text_encoder, self.teacher.unet):
@@ -91,7 +95,6 @@ class DistillTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
-        self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self.exp.data.cache_latents and not self.dataset.has_augment else None
 
     def _load_teacher(self) -> Any:
@@ -109,7 +112,8 @@ class DistillTrainer:
         if self._net is None:
             from catsith_sweep.trainers.sampling import sprite_net
 
-            self._net = sprite_net(self.dataset, self.exp).to(self.rt.device).eval().requires_grad_(False)
+            net = sprite_net(self.dataset, self.exp, train_indices=self.split.train)
+            self._net = net.to(self.rt.device).eval().requires_grad_(False)
         return self._net
 
     def _embed(self, captions: list[str]) -> torch.Tensor:
@@ -117,22 +121,27 @@ class DistillTrainer:
 
     @torch.no_grad()
     def _build_cache(self) -> dict[str, torch.Tensor]:
-        """Latent distributions and caption embeddings, once (the VAE and text encoder are frozen)."""
-        vae, images = self.teacher.vae, self.dataset.images
+        """Latent distributions and caption embeddings of the training split, once (the VAE and text
+        encoder are frozen); row i is `train_indices[i]`: held-out sprites are never trained on."""
+        vae, images = self.teacher.vae, self.dataset.images[self.train_indices]
         dists = [vae.encode(D.to_vae_pixels(images[s:s + 64], self.teacher.rgba).to(self.rt.device, vae.dtype)
                             ).latent_dist for s in range(0, len(images), 64)]
         scale = vae.config.scaling_factor
-        embeddings = self._embed([*self.dataset.captions, ""])
+        embeddings = self._embed([*(self.dataset.captions[i] for i in self.train_indices), ""])
         return {"mean": torch.cat([d.mean for d in dists]) * scale, "std": torch.cat([d.std for d in dists]) * scale,
                 "emb": embeddings[:-1], "empty": embeddings[-1:]}
 
     @staticmethod
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
-        """Micro-batches in one pass over the images (batches are drawn at random, with replacement)."""
-        return -(-len(dataset) // experiment.train.batch_size)
+        """Micro-batches in one pass over the training split (batches are drawn at random, with
+        replacement)."""
+        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     # ---- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,10 +150,10 @@ class DistillTrainer:
         pick = torch.randint(0, len(self.train_indices), (self.exp.train.batch_size,), generator=generator)
         idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
         drop = torch.rand(len(idx), generator=generator) < self.cfg.caption_dropout_rate
-        if self.cache is not None:
-            noise = torch.randn(self.cache["mean"][idx].shape, generator=generator).to(device)
-            latents = self.cache["mean"][idx] + self.cache["std"][idx] * noise
-            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][idx])
+        if self.cache is not None:  # rows of the training split
+            noise = torch.randn(self.cache["mean"][pick].shape, generator=generator).to(device)
+            latents = self.cache["mean"][pick] + self.cache["std"][pick] * noise
+            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][pick])
             return latents, emb
         items = [self.dataset[i] for i in idx.tolist()]
         vae = self.teacher.vae
@@ -215,7 +224,7 @@ class DistillTrainer:
     def evaluate(self, out_dir: Path) -> Evaluation:
         self.student.unet.eval()
         evaluation = evaluate_samples(self.student, self.dataset, self.exp, out_dir, self.prompts, self.step,
-                                      self.rt.device)
+                                      self.rt.device, split=self.split)
         ev = self.exp.eval
         evaluation.metrics.update(measure_latency(
             self.teacher, self.student, prompt=self.prompts[0], steps=ev.num_inference_steps,
