@@ -32,7 +32,6 @@ search:
 BROKEN: list[tuple[str, list[str]]] = [
     ("name: x\n", [":1 trainer: required key is missing"]),
     ("name: x\ntrainer: gan\n", [":2 trainer:", "'gan'"]),
-    ("name: x\ntrainer: distill\n", ["trainer `distill` is not implemented yet", "available: full, lora, vae"]),
     ("name: 'bad name!'\ntrainer: lora\n", [":1 name:", "pattern"]),
     ("name: x\ntrainer: lora\ntrain:\n  learning_rat: 0.1\n", [":4 train.learning_rat: unknown key", "`learning_rate`"]),
     ("name: x\ntrainer: lora\ntrain:\n  batch_size: 0\n", [":4 train.batch_size:", "greater than or equal to 1", "got 0"]),

@@ -31,7 +31,7 @@ from catsith_sweep.trainers.surface import (
 # Sections whose keys a trainer may or may not read (the rest belong to the engine).
 CHECKED_SECTIONS = ("model", "data", "train", "eval")
 # A metric each trainer reports, so an experiment that sets everything else validates.
-METRIC = {"lora": "sprite_fid", "vae": "recon_mse", "full": "sprite_fid"}
+METRIC = {"lora": "sprite_fid", "vae": "recon_mse", "full": "sprite_fid", "distill": "sprite_fid"}
 
 
 def _leaf_keys(model: type[BaseModel], prefix: str) -> list[str]:

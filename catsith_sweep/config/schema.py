@@ -187,12 +187,30 @@ class VaeSection(Section):
 
 class DistillSection(Section):
     teacher: str | None = None
-    """Teacher model (default: `model.base`)."""
+    """Teacher model, frozen: `builtin:catsith-tiny`, a local diffusers folder or a hub id, as
+    `model.base`; default: `model.base`."""
     level: Literal["small", "tiny", "micro"] = "tiny"
-    """How many UNet blocks the student drops (the guide's architecture options)."""
+    """How much of the teacher's UNet the student drops (the guide's architecture options; what each
+    level removes is in models/student.py): `small` the mid block (and extra pairs per stage), `tiny`
+    also the outer stage's attention, `micro` also the innermost stage."""
+    task_weight: float = Field(1.0, ge=0)
+    """Weight of MSE(student noise prediction, true noise): the ordinary diffusion loss (BK-SDM's 1.0)."""
     output_weight: float = Field(1.0, ge=0)
+    """Weight of MSE(student noise prediction, teacher's): output-level distillation (the guide's 1.0)."""
     feature_weight: float = Field(0.5, ge=0)
+    """Weight of the summed MSE between matched down/up block outputs of student and teacher (the
+    guide's 0.5)."""
     perceptual_weight: float = Field(0.1, ge=0)
+    """Weight of the MSE between sprite-feature-network features of the images the two predictions
+    imply (decoded x̂0), the guide's perceptual term with the sprite net in place of VGG (0.1)."""
+    normalize_losses: bool = False
+    """Divide each term by its value at the first step (kept in checkpoints), so the weights compare
+    terms of like scale: BK-SDM's feature term otherwise dwarfs the others."""
+    caption_dropout_rate: float = Field(0.1, ge=0, le=1)
+    """Share of training captions replaced by the empty one, so the student also learns the teacher's
+    unconditional prediction that classifier-free guidance uses."""
+    latency_repeats: int = Field(5, ge=1)
+    """Timed sampling runs per model per evaluation (medians of interleaved runs: trainers/latency.py)."""
 
 
 class FullSection(Section):

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from catsith_sweep.trainers.base import Trainer
 
 TRAINERS: dict[str, str] = {
+    "distill": "catsith_sweep.trainers.distill:DistillTrainer",
     "full": "catsith_sweep.trainers.full:FullTrainer",
     "lora": "catsith_sweep.trainers.lora:LoraTrainer",
     "vae": "catsith_sweep.trainers.vae:VaeTrainer",
@@ -105,7 +106,9 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print) -> Path:
 
     root = dataset_root(experiment.data, experiment.model.cache_dir)
     if experiment.trainer in NEEDS_BASE:
-        ensure_builtin(experiment.model.base, experiment.model.cache_dir, log=log)
+        # A distillation teacher may be named apart from `model.base`.
+        teacher = experiment.distill.teacher if experiment.distill is not None else None
+        ensure_builtin(teacher or experiment.model.base, experiment.model.cache_dir, log=log)
     return root
 
 

@@ -131,7 +131,18 @@ FULL = TrainerSurface(
     steps_before_epochs="full.vae_steps",
     budget_keys=("full.vae_steps",),
 )
-SURFACES: dict[str, TrainerSurface] = {s.name: s for s in (LORA, VAE, FULL)}
+DISTILL = TrainerSurface(
+    name="distill",
+    reads=(*DATASET_KEYS, "data.augment", "data.cache_latents", "model.base", "model.revision", *LOOP_KEYS,
+           "train.gradient_checkpointing", *SAMPLING_EVAL_KEYS, "distill"),
+    export_formats=("diffusers", "onnx"),
+    default_formats=("diffusers",),
+    # Sampling metrics of the student, each raw loss term, and the speed side measured beside the teacher.
+    metrics=(*SAMPLING_METRICS, "loss", "lr", "loss_task", "loss_output", "loss_feature", "loss_perceptual",
+             "latency_ms", "teacher_latency_ms", "latency_ratio", "unet_params", "teacher_unet_params"),
+    needs_base=True,
+)
+SURFACES: dict[str, TrainerSurface] = {s.name: s for s in (LORA, VAE, FULL, DISTILL)}
 
 
 # ---- budgets -----------------------------------------------------------------------------------
