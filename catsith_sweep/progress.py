@@ -48,7 +48,10 @@ class Phase:
     name: str
     units: int
     prior_ratio: float = 1.0
-    """Before this phase runs: its seconds per unit are the previous phase's times this ratio."""
+    """Before this phase runs (and without `prior_rate`): its seconds per unit are the previous
+    phase's times this ratio."""
+    prior_rate: float | None = None
+    """Seconds per unit timed beforehand (e.g. a few steps on scratch state), until it is measured."""
     warmup: int = 1
     """Units whose time is not counted in the rate (first-call allocations, caches)."""
     done: int = 0
@@ -109,7 +112,7 @@ class PhasedEta:
         out: list[float | None] = []
         previous: float | None = None
         for phase in self.phases:
-            rate = phase.rate
+            rate = phase.rate if phase.rate is not None else phase.prior_rate
             if rate is None and previous is not None:
                 rate = previous * phase.prior_ratio
             out.append(rate)
@@ -139,7 +142,8 @@ class PhasedEta:
         rate = self.rates()[self.phases.index(phase)]
         if rate is None:
             return f"{phase.name}: measuring"
-        return f"{phase.name} {rate:.3f} s/unit" + ("" if phase.rate is not None else " (prior)")
+        return f"{phase.name} {rate:.3f} s/unit" + ("" if phase.rate is not None else " (timed ahead)"
+                                                     if phase.prior_rate is not None else " (prior)")
 
 
 def eta_from_rate(done: int, total: int, elapsed_s: float) -> float | None:

@@ -51,13 +51,40 @@ def evaluation_steps(total_steps: int, every_n_steps: int) -> list[int]:
     return [*range(every_n_steps, total_steps, every_n_steps), total_steps]
 
 
-def build_eta(experiment: Experiment, total_steps: int) -> PhasedEta:
+PROBE_STEPS = 2
+"""Steps of each phase timed before the build (after a warm-up step each), for the first ETA."""
+
+
+def probe_rates(trainer: Any, experiment: Experiment) -> tuple[float, float | None]:
+    """(VAE, UNet) seconds per step, timed on scratch state before the build: a warm-up step and
+    `PROBE_STEPS` steps of each phase. The build's own `setup` then starts everything again from the
+    seed (models, optimizers, generators, latent cache), so the built base is the same."""
+    noop = lambda step, metrics: None  # noqa: E731
+    trainer.setup()
+    vae_steps = min(experiment.trainer_config(FullSection).vae_steps, trainer.total_steps())
+    rates: list[float | None] = []
+    for start in (0, vae_steps):
+        if start >= trainer.total_steps():
+            rates.append(None)
+            continue
+        trainer.step = start
+        trainer.train(1, noop)  # warm-up (and, for the UNet, the latent cache)
+        began = time.perf_counter()
+        trainer.train(PROBE_STEPS, noop)
+        rates.append((time.perf_counter() - began) / PROBE_STEPS)
+    trainer.step = 0
+    return rates[0] or 0.0, rates[1]
+
+
+def build_eta(experiment: Experiment, total_steps: int, probed: tuple[float, float | None] | None = None) -> PhasedEta:
     """The ETA arithmetic of a build: the VAE phase, the UNet phase, and the evaluations of the UNet
     phase (those of the VAE phase evaluate nothing). The UNet prior scales with the batch sizes."""
     full = experiment.trainer_config(FullSection)
     vae_steps = min(full.vae_steps, total_steps)
     unet_ratio = UNET_STEP_PRIOR * (experiment.train.batch_size / full.vae_batch_size) / (32 / 16)
-    phases = [Phase("vae", vae_steps), Phase("unet", total_steps - vae_steps, prior_ratio=unet_ratio)]
+    vae_rate, unet_rate = probed or (None, None)
+    phases = [Phase("vae", vae_steps, prior_rate=vae_rate),
+              Phase("unet", total_steps - vae_steps, prior_ratio=unet_ratio, prior_rate=unet_rate)]
     evaluations = len([s for s in evaluation_steps(total_steps, experiment.eval.every_n_steps) if s > vae_steps])
     return PhasedEta([p for p in phases if p.units > 0], pauses_left=evaluations, pause_prior_units=EVAL_PRIOR_STEPS)
 
@@ -75,9 +102,13 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build.") as tmp:
         workdir = Path(tmp)
         trainer = FullTrainer(experiment, workdir)
-        with ProgressLine(f"building {experiment.name}", int(experiment.train.max_steps or 0)) as bar:
-            run_trial(trainer, experiment, workdir, _build_reporter(trainer, experiment, bar, log, started),
-                      log_every=1)
+        probed = probe_rates(trainer, experiment)
+        log(f"timed {PROBE_STEPS} steps of each phase ahead: VAE {probed[0]:.3f} s/step"
+            + (f", UNet {probed[1]:.3f} s/step" if probed[1] else ""))
+        with ProgressLine(f"building {experiment.name}", trainer.total_steps()) as bar:
+            reporter = _build_reporter(build_eta(experiment, trainer.total_steps(), probed), bar, log,
+                                       started)
+            run_trial(trainer, experiment, workdir, reporter, log_every=1)
         staging = workdir / "result"
         shutil.copytree(workdir / EXPORT_DIR, staging)
         evals = sorted((workdir / EVAL_DIR).glob("step_*"))
@@ -88,16 +119,14 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
     return target
 
 
-def _build_reporter(trainer: Any, experiment: Experiment, bar: ProgressLine, log: Callable[[str], None],
+def _build_reporter(eta: PhasedEta, bar: ProgressLine, log: Callable[[str], None],
                     started: float) -> Callable[[Report], None]:
     """Feeds every step's time to the ETA; prints evaluations (and a step line every 200 steps)."""
-    state: dict[str, Any] = {"eta": None, "last": time.monotonic(), "step": 0}
+    state: dict[str, Any] = {"last": time.monotonic(), "step": 0}
+    bar.update(0, eta_s=eta.remaining_s(), note=eta.describe())
 
     def report(r: Report) -> None:
         now = time.monotonic()
-        if state["eta"] is None:  # the trainer knows its budget once set up (the first report)
-            state["eta"] = build_eta(experiment, trainer.total_steps())
-        eta: PhasedEta = state["eta"]
         stamp = f"[{now - started:6.0f}s]"
         if r.final:  # repeats the last evaluation's metrics, adding the exports
             bar.print(f"{stamp} exported: {', '.join(sorted(r.exports))}")
