@@ -121,40 +121,58 @@ def prune_untold(searcher: Any) -> dict[str, int]:
     return states
 
 
+class FixedConfig(Searcher):
+    """With nothing to search, every trial runs the experiment as it is (the `fixed` keys apply)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return {}
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb"):
+            pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+
 class BudgetSearcher(Searcher):
-    """The sweep's searcher (or, with nothing to search, the fixed config) until the budget refuses."""
+    """The sweep's searcher until the budget refuses a new trial (Tune's ConcurrencyLimiter pattern:
+    Tune finds the wrapped one under `searcher` and saves it itself)."""
 
     def __init__(self, searcher: Any, budget: SweepBudget) -> None:
-        inner = searcher
-        super().__init__(metric=getattr(inner, "metric", None), mode=getattr(inner, "mode", None))
-        self.searcher, self.budget = inner, budget  # `searcher`: where Tune looks for the wrapped one
+        inner = searcher if searcher is not None else FixedConfig()
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.searcher, self.budget = inner, budget
         budget.searcher = self
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
-        if self.searcher is None:
-            return True
         return bool(self.searcher.set_search_properties(metric, mode, config, **spec))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.budget.refuse_new_trial() is not None:
             return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel
-        return {} if self.searcher is None else self.searcher.suggest(trial_id)
+        return self.searcher.suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.searcher is not None:
-            self.searcher.on_trial_result(trial_id, result)
+        self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if self.searcher is not None:
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        return {}  # the budget starts again with a resumed sweep's own clock
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        return None
 
     def save(self, checkpoint_path: str) -> None:
-        if self.searcher is not None:
-            self.searcher.save(checkpoint_path)
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        if self.searcher is not None:
-            self.searcher.restore(checkpoint_path)
+        self.searcher.restore(checkpoint_path)
 
 
 class BudgetStopper(Stopper):
@@ -207,4 +225,7 @@ def figures(forecast: SweepForecast, budget: SweepBudget | None, states: dict[st
             metrics["budget_compute_overshoot"] = (metrics["compute_hours"] - budget.compute_h) / budget.compute_h
         if budget.ended_by:
             tags["catsith.budget_ended_by"] = budget.ended_by
-    return {"metrics": metrics, "tags": tags, "optuna_states": states or {}}
+    # Each trial's end: the elapsed seconds then and the ETA shown, to check the ETA against the end.
+    eta_log = [{"elapsed": round(e, 1), "trials_ended": n, "eta": round(t, 1) if t is not None else None}
+               for e, n, t in forecast.eta_log]
+    return {"metrics": metrics, "tags": tags, "optuna_states": states or {}, "eta_log": eta_log}
