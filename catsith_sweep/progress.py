@@ -166,15 +166,16 @@ class ProgressLine:
 
     def __init__(self, title: str, total: int, *, unit: str = "steps", stream: IO[str] | None = None,
                  every: float = LINE_EVERY_S, clock: Callable[[], float] = time.monotonic,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, eta_s: float | None = None, note: str = "") -> None:
         self.title, self.total, self.unit = title, total, unit
         self.stream = stream if stream is not None else sys.stdout
         self.every, self.clock = every, clock
         self.terminal = _is_terminal(self.stream) if terminal is None else terminal
         self.started = clock()
         self.done = 0
-        self.eta_s: float | None = None
-        self.note = ""
+        self.eta_s: float | None = eta_s
+        """Seconds left; at the start, the caller's estimate (shown on the first line)."""
+        self.note = note
         self._last_line: float | None = None
         self._bar: Any = None
         self._task: Any = None
@@ -193,7 +194,7 @@ class ProgressLine:
                              TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[note]}"),
                              console=console, transient=False, refresh_per_second=2)
         self._bar.start()
-        self._task = self._bar.add_task(self.title, total=self.total, eta="?", note="")
+        self._task = self._bar.add_task(self.title, total=self.total, eta=fmt_seconds(self.eta_s), note=self.note)
 
     @property
     def elapsed_s(self) -> float:

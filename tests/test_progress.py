@@ -72,7 +72,7 @@ class _Clock:
 
 def test_not_a_terminal_prints_a_line_a_minute_with_the_figures() -> None:
     stream, clock = io.StringIO(), _Clock()
-    line = ProgressLine("base build", 100, stream=stream, clock=clock, terminal=False)
+    line = ProgressLine("base build", 100, stream=stream, clock=clock, terminal=False, eta_s=310.0, note="timed")
     for step in range(1, 101):
         clock.now = step * 3.0  # 3 s a step: 300 s in all
         line.update(step, eta_s=(100 - step) * 3.0, note="unet 3.000 s/unit")
@@ -80,7 +80,7 @@ def test_not_a_terminal_prints_a_line_a_minute_with_the_figures() -> None:
     lines = stream.getvalue().splitlines()
     # the start, one a minute (at 60, 120, 180, 240 and 300 s), and the end
     assert len(lines) == 7, lines
-    assert lines[0] == "base build: steps 0/100 (0%), elapsed 0 s, ETA ?"
+    assert lines[0] == "base build: steps 0/100 (0%), elapsed 0 s, ETA 5.2 min (timed)"  # the start's estimate
     assert lines[1] == "base build: steps 20/100 (20%), elapsed 60 s, ETA 4.0 min (unet 3.000 s/unit)"
     assert lines[-1].startswith("base build: steps 100/100 (100%), elapsed 5.0 min, ETA 0 s")
 

@@ -105,10 +105,10 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
         probed = probe_rates(trainer, experiment)
         log(f"timed {PROBE_STEPS} steps of each phase ahead: VAE {probed[0]:.3f} s/step"
             + (f", UNet {probed[1]:.3f} s/step" if probed[1] else ""))
-        with ProgressLine(f"building {experiment.name}", trainer.total_steps()) as bar:
-            reporter = _build_reporter(build_eta(experiment, trainer.total_steps(), probed), bar, log,
-                                       started)
-            run_trial(trainer, experiment, workdir, reporter, log_every=1)
+        eta = build_eta(experiment, trainer.total_steps(), probed)
+        with ProgressLine(f"building {experiment.name}", trainer.total_steps(), eta_s=eta.remaining_s(),
+                          note=eta.describe()) as bar:
+            run_trial(trainer, experiment, workdir, _build_reporter(eta, bar, log, started), log_every=1)
         staging = workdir / "result"
         shutil.copytree(workdir / EXPORT_DIR, staging)
         evals = sorted((workdir / EVAL_DIR).glob("step_*"))
@@ -123,7 +123,6 @@ def _build_reporter(eta: PhasedEta, bar: ProgressLine, log: Callable[[str], None
                     started: float) -> Callable[[Report], None]:
     """Feeds every step's time to the ETA; prints evaluations (and a step line every 200 steps)."""
     state: dict[str, Any] = {"last": time.monotonic(), "step": 0}
-    bar.update(0, eta_s=eta.remaining_s(), note=eta.describe())
 
     def report(r: Report) -> None:
         now = time.monotonic()
