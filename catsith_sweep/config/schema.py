@@ -235,6 +235,35 @@ class TradeoffPlot(Section):
     log_x: bool = False
 
 
+class BudgetSection(Section):
+    """Limits on a whole sweep; any of them (the first one reached ends it). The sweep starts no trial
+    that its forecast says would not fit in what is left, stops the running ones when a limit is
+    reached (KILLED in MLflow with `catsith.ended_by`, PRUNED in Optuna, their last evaluation's
+    checkpoint kept) and writes the normal summary."""
+
+    wall_minutes: float | None = Field(None, gt=0)
+    """Wall time of the sweep, from `run` preparing its dataset to its summary written."""
+    compute_hours: float | None = Field(None, gt=0)
+    """Trial time times each trial's share: GPU-hours (`resources.gpu` per trial) when trials use GPUs,
+    else CPU-core-hours (`resources.cpu` per trial)."""
+    cost_usd: float | None = Field(None, gt=0)
+    """Dollars: compute hours (as `compute_hours` counts them) times `cost_per_hour`."""
+    cost_per_hour: float | None = Field(None, gt=0)
+    """Dollars per compute hour (per GPU-hour on GPUs, per CPU-core-hour on CPUs), e.g. a rate of the
+    planner's price table (`catsith_sweep/plan/prices.yaml`). Needed by `cost_usd`."""
+
+    @model_validator(mode="after")
+    def _cost_needs_price(self) -> BudgetSection:
+        if self.cost_usd is not None and self.cost_per_hour is None:
+            raise ValueError(f"`cost_usd` ({self.cost_usd}) needs `cost_per_hour`, the dollars per compute "
+                             "hour (GPU-hour, or CPU-core-hour on CPUs), to price the sweep")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        """The limits that are set, by field name."""
+        return {k: v for k, v in self.model_dump().items() if k != "cost_per_hour" and v is not None}
+
+
 class SearchSection(Section):
     space_file: str | None = None
     """A search-space file: a name in `search_spaces/` (e.g. `lora`) or a path relative to the
@@ -264,6 +293,8 @@ class SearchSection(Section):
     plots: list[TradeoffPlot] = Field(default_factory=list)
     """Extra parent-run plots: final metrics of every trial against a searched key (a trade-off view,
     such as reconstruction against prior-sample quality over the VAE's beta)."""
+    budget: BudgetSection | None = None
+    """Limits on the whole sweep (wall time, compute, cost); empty: run every trial."""
 
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)

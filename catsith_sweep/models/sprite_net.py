@@ -251,7 +251,10 @@ def _fit(net: SpriteNet, x_all: torch.Tensor, labels_all: dict[str, torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     net.train()
-    for _ in range(steps):
+    from catsith_sweep.progress import track  # ~20-80 s on a 2-core CPU: say how long is left
+
+    for _ in track(range(steps), title="training the sprite feature net (first use of this dataset)",
+                   total=steps, unit="steps"):
         idx = torch.randint(0, x_all.shape[0], (min(batch_size, x_all.shape[0]),), generator=gen)
         x = _augment(x_all[idx], gen).to(device)
         loss = _head_losses(net(x), {k: v[idx].to(device) for k, v in labels_all.items()})

@@ -122,16 +122,16 @@ def _prediction_table(exp: Any, cal: Calibration, pred: Prediction) -> Table:
     return table
 
 
-def print_dry_run_prediction(loaded: Any, console: Console = out) -> None:
-    """`run --dry-run`'s prediction block; a base that is not built yet is said, not built."""
+def print_dry_run_prediction(loaded: Any, console: Console = out) -> Prediction | None:
+    """`run --dry-run`'s prediction block (returned); a base that is not built yet is said, not built."""
     from catsith_sweep.plan.calibrate import check_base_ready
 
     try:
         check_base_ready(loaded.experiment, loaded.path)
     except UserInputError as exc:
         console.print(f"[yellow]no time or cost prediction[/yellow]: {escape(exc.render())}")
-        return
-    print_plan_block(loaded, console=console)
+        return None
+    return print_plan_block(loaded, console=console)[1]
 
 
 def print_guide_formula(args: argparse.Namespace) -> int:

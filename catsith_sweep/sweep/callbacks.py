@@ -50,13 +50,18 @@ class TrialOutcomes(Callback):
 
 
 class ProgressTable(Callback):
-    """A trial table printed every `every` seconds and at the end: readable live and in a log file."""
+    """A trial table printed every `every` seconds and at the end: readable live and in a log file.
+    With a `forecast` (sweep/forecast.py) its title says trials done / planned, elapsed and ETA, a bar
+    follows it on a terminal, and a line with the same figures comes every `line_every` seconds
+    between tables."""
 
     def __init__(self, outcomes: TrialOutcomes, metric: str, param_keys: list[str], every: float = 15.0,
-                 quiet_every: float = 120.0) -> None:
+                 quiet_every: float = 120.0, *, forecast: Any = None, line_every: float = 60.0) -> None:
         self.outcomes, self.metric, self.param_keys = outcomes, metric, param_keys
         self.every, self.quiet_every = every, quiet_every
+        self.forecast, self.line_every = forecast, line_every
         self._last_print = 0.0
+        self._last_line = time.monotonic()
         self._last_state: Any = None
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -66,13 +71,17 @@ class ProgressTable(Callback):
         if (state != self._last_state and elapsed >= self.every) or elapsed >= self.quiet_every:
             self._last_state = state
             self.print_table(trials)
+        elif self.forecast is not None and time.monotonic() - self._last_line >= self.line_every:
+            self._last_line = time.monotonic()
+            console.print(self.forecast.progress_text(), markup=False)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.print_table(trials)
 
     def print_table(self, trials: list) -> None:
-        self._last_print = time.monotonic()
-        table = Table(title=f"trials ({sum(t.status == 'TERMINATED' for t in trials)}/{len(trials)} done)")
+        self._last_print = self._last_line = time.monotonic()
+        title = f"trials ({sum(t.status == 'TERMINATED' for t in trials)}/{len(trials)} done)"
+        table = Table(title=self.forecast.progress_text() if self.forecast is not None else title)
         for column in ("trial", "id", "state", "step", self.metric, *self.param_keys):
             table.add_column(column, overflow="fold")
         for trial in trials:
@@ -84,6 +93,10 @@ class ProgressTable(Callback):
                    *[_short(trial.config.get(k)) for k in self.param_keys]]
             table.add_row(*row)
         console.print(table)
+        if self.forecast is not None and console.is_terminal:
+            from rich.progress_bar import ProgressBar
+
+            console.print(ProgressBar(total=self.forecast.planned, completed=len(self.forecast.ended), width=60))
 
 
 def _short(value: Any) -> str:

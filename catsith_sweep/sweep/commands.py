@@ -69,10 +69,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_experiment(args.experiment, args.overrides)
     uri = args.tracking_uri or loaded.experiment.tracking_uri
     print_plan(loaded, uri, args.address)
-    if args.dry_run:
+    if args.dry_run or args.plan:
         from catsith_sweep.plan.command import print_dry_run_prediction
 
-        print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
+        prediction = print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
+        if prediction is not None:  # the sweep of this same config compares itself with it
+            from catsith_sweep.sweep.driver import config_fingerprint
+            from catsith_sweep.sweep.forecast import save_plan
+
+            runs_dir = (Path(args.runs_dir) / loaded.experiment.name).resolve()
+            out.print(f"prediction kept for this config: {save_plan(runs_dir, config_fingerprint(loaded), prediction)}")
+    if args.dry_run:
         out.print("dry run: nothing started")
         return 0
     from catsith_sweep.sweep.driver import run_sweep
@@ -176,6 +183,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "else sqlite:///mlflow.db)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep (fails if none)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; run nothing")
+    p.add_argument("--plan", action="store_true", help="calibrate and predict the sweep first (as `plan` does, "
+                   "up to 60 s), then run it; the parent run compares the prediction with what happened")
     p.add_argument("--runs-dir", default="runs", help="where sweeps keep their state (default: runs/)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("leaderboard", help="trials of an experiment's sweep, ranked (default: the newest "

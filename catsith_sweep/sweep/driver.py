@@ -210,6 +210,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     from catsith_sweep import tracking
     from catsith_sweep.trainers import prepare
 
+    started = time.time()  # the budget's wall clock and `actual_wall_seconds` count from here
     exp = loaded.experiment
     uri = tracking.normalize_uri(tracking_uri or exp.tracking_uri)
     runs_dir = (runs_root / exp.name).resolve()
@@ -223,7 +224,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
     sweep = _sweep_run(uri, parent_run_id)
     with ending_runs_on_failure(uri, sweep, sweep_dir):
-        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address)
+        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address, started=started)
 
 
 def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
@@ -296,7 +297,7 @@ def _main_thread() -> bool:
 
 
 def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
-               address: str | None) -> SweepOutcome:
+               address: str | None, *, started: float) -> SweepOutcome:
     from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
     from catsith_sweep.sweep.space import optuna_space
     from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
@@ -313,12 +314,22 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
         git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
     )
     tune_dir = sweep_dir / "tune"
+    from catsith_sweep.sweep import budget as budgets
+    from catsith_sweep.sweep.forecast import load_plan
+
+    forecast, budget = budgets.sweep_meters(loaded, started=started,
+                                            plan=load_plan(sweep_dir.parent, config_fingerprint(loaded)))
     if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
-        tuner, _ = restore_tuner(loaded, context, tune_dir)
+        tuner, _ = restore_tuner(loaded, context, tune_dir)  # its callbacks and budget are the pickled ones
+        budget = None
     else:
-        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
+        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded), forecast=forecast,
+                               budget=budget)
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
+    states = None
+    if budget is not None and budget.ended_by:  # trials it stopped: KILLED in MLflow, PRUNED in Optuna
+        states = budget.end_trials(uri, sweep.experiment_id, sweep.run_id)
+    elif results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         why = "interrupted (Ctrl-C): resumable with run --resume"
         sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
@@ -327,6 +338,9 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     sweep_runs.close_orphaned_trials(uri, sweep.experiment_id, sweep.run_id,
                                     {r.metrics.get("trial_id") for r in results})
     rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
+    record = budgets.figures(forecast, budget, states)
+    sweep_runs.log_sweep_figures(uri, sweep.run_id, record["metrics"], record["tags"])
+    write_state(sweep_dir, figures=record)
     best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
     write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
                 counts={k.value: v for k, v in counts.items()})

@@ -52,15 +52,20 @@ def _searcher(loaded: LoadedExperiment) -> Any:
 
 
 def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path,
-                max_evaluations: int) -> tuple[Any, TrialOutcomes]:
+                max_evaluations: int, *, forecast: Any = None, budget: Any = None) -> tuple[Any, TrialOutcomes]:
+    """`forecast` (sweep/forecast.py) feeds the table's ETA; `budget` (sweep/budget.py) limits the sweep."""
     from ray import tune
 
     search = loaded.experiment.search
     metrics, modes = search.metrics(), search.modes()
     searcher = _searcher(loaded)
+    if budget is not None:
+        from catsith_sweep.sweep.budget import BudgetSearcher, BudgetStopper
+
+        searcher = BudgetSearcher(searcher, budget)
     outcomes = TrialOutcomes(uri=context.tracking_uri, experiment_id=context.experiment_id,
                              parent_run_id=context.parent_run_id, metrics=metrics)
-    table = ProgressTable(outcomes, metrics[0], list(loaded.space))
+    table = ProgressTable(outcomes, metrics[0], list(loaded.space), forecast=forecast)
     single = len(metrics) == 1
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=_scheduler(loaded, max_evaluations),
@@ -70,10 +75,11 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
-        name="tune", storage_path=str(sweep_dir), callbacks=[outcomes, table], verbose=0,
+        name="tune", storage_path=str(sweep_dir), verbose=0,
+        callbacks=[*([forecast] if forecast is not None else []), outcomes, table],
         failure_config=tune.FailureConfig(max_failures=search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        stop=None,
+        stop=BudgetStopper(budget) if budget is not None else None,
     )
     return tune.Tuner(_trainable(loaded, context), tune_config=tune_config, run_config=run_config), outcomes
 

@@ -167,3 +167,12 @@ def close_orphaned_trials(uri: str, experiment_id: str, parent_run_id: str, know
             ended += 1
     return ended
 
+
+def log_sweep_figures(uri: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """Figures about the sweep as a whole on its parent run (predicted vs actual, budget use)."""
+    c = client(uri)
+    for key, value in metrics.items():
+        if isinstance(value, int | float) and math.isfinite(value):
+            c.log_metric(run_id, key, float(value))
+    for key, text in tags.items():
+        c.set_tag(run_id, key, text[:5000])
