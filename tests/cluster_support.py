@@ -187,9 +187,11 @@ def parent_runs(uri: str, experiment: str) -> list[Any]:
 
 def optuna_trials(cwd: Path, name: str) -> list[Any]:
     """The trials of the Optuna study the sweep's searcher saved with Ray Tune's experiment state."""
-    from catsith_sweep.sweep.search import BudgetAwareOptunaSearch
+    import optuna
 
-    (sweep_dir,) = (cwd / "runs" / name).iterdir()
-    searcher = BudgetAwareOptunaSearch()
+    from catsith_sweep.sweep.search import OptunaStudySearcher
+
+    (sweep_dir,) = (d for d in (cwd / "runs" / name).iterdir() if d.is_dir())
+    searcher = OptunaStudySearcher(space={}, metric="m", mode="min", sampler=optuna.samplers.RandomSampler())
     searcher.restore_from_dir(str(sweep_dir / "tune"))
-    return list(searcher._ot_study.trials)
+    return list(searcher.study.trials)

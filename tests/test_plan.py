@@ -173,7 +173,9 @@ def test_plan_on_the_tiny_base(tiny_base: Path, use_catsith_cache: Path, tmp_pat
         "eval.seeds=[0]", "train.batch_size=4", "search.num_samples=20", "train.device=cpu"])
     cal, pred = print_plan_block(loaded, gpus=["a100-40gb"])
     text = capsys.readouterr().out
-    assert cal.calibration_s <= min(cal.cap_s, CAP_SECONDS), cal.notes
+    # The hard cap always holds; the 2% share may not on a loaded machine, and the plan then says so.
+    assert cal.calibration_s <= CAP_SECONDS, cal.notes
+    assert cal.calibration_s <= cal.cap_s or any("over its cap" in note for note in cal.notes), cal.notes
     assert cal.step_s > 0 and cal.eval_s > 0 and cal.total_steps == 200
     assert pred.expectation.trials == 20 and 0 <= pred.expectation.stopped_early <= 19
     assert pred.wall_s > pred.fixed_s
