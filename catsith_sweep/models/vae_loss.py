@@ -80,3 +80,25 @@ def random_square_symmetry(images: torch.Tensor, generator: torch.Generator) -> 
     turns = int(torch.randint(0, 4, (1,), generator=generator))
     images = torch.rot90(images, turns, dims=(2, 3))
     return images.flip(3) if bool(torch.rand(1, generator=generator) < 0.5) else images
+
+
+def reconstruction_loss(kind: str, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`sprite` (sprite_reconstruction_loss; RGBA only) or `mse` (plain MSE, what bases before
+    BUILTIN_VERSION 2 were built with); both take tensors in the VAE's [-1, 1] range."""
+    if kind == "mse" or target.shape[1] != 4:  # an RGB VAE has no alpha to weight by
+        return torch.nn.functional.mse_loss(recon, target)
+    if kind == "sprite":
+        return sprite_reconstruction_loss(recon, target)
+    raise ValueError(f"VAE loss {kind!r}: expected 'sprite' or 'mse'")
+
+
+def augment_vae_batch(images: torch.Tensor, generator: torch.Generator, *, recolour_share: float,
+                      turns: bool) -> torch.Tensor:
+    """The VAE phase's augmentation of RGBA sprites in [0, 1]: `recolour` on `recolour_share` of them
+    and, with `turns`, a random quarter turn / mirror of the batch. Nothing is drawn from `generator`
+    when both are off, so a run without augmentation keeps its old random stream."""
+    if turns:
+        images = random_square_symmetry(images, generator)
+    if recolour_share > 0:
+        images = recolour(images, generator, probability=recolour_share)
+    return images

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from catsith_sweep.config.schema import Experiment, FullSection
 from catsith_sweep.data.source import open_dataset
 from catsith_sweep.models.builtin import DiffusionParts, build_untrained, save_parts
+from catsith_sweep.models.vae_loss import augment_vae_batch, reconstruction_loss
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
@@ -45,6 +45,8 @@ class FullTrainer:
         for module in (self.parts.vae, self.parts.unet, self.parts.text_encoder):
             module.to(self.device)
         self.vae_opt = torch.optim.AdamW(self.parts.vae.parameters(), lr=self.cfg.vae_learning_rate)
+        self.vae_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.vae_opt, D.lr_lambda(self.cfg.vae_lr_scheduler, 0, self.cfg.vae_steps))
         params = [*self.parts.unet.parameters(), *self.parts.text_encoder.parameters()]
         self.opt = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
         main_steps = max(1, self.total_steps() - self.cfg.vae_steps)
@@ -65,16 +67,19 @@ class FullTrainer:
     def _vae_step(self) -> dict[str, float]:
         vae = self.parts.vae
         vae.train()
-        pixels = D.to_vae_pixels(self.images[self._batch(self.cfg.vae_batch_size)], self.parts.rgba).to(self.device)
+        images = augment_vae_batch(self.images[self._batch(self.cfg.vae_batch_size)], self.generator,
+                                   recolour_share=self.cfg.vae_recolour, turns=self.cfg.vae_turns)
+        pixels = D.to_vae_pixels(images, self.parts.rgba).to(self.device)
         posterior = vae.encode(pixels).latent_dist
         recon = vae.decode(posterior.sample(generator=None)).sample
-        rec = F.mse_loss(recon, pixels)
+        rec = reconstruction_loss(self.cfg.vae_loss, recon, pixels)
         kl = posterior.kl().mean()
         loss = rec + self.cfg.vae_kl_weight * kl
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.vae_opt.step()
-        return {"vae_recon_mse": rec.item(), "vae_kl": kl.item()}
+        self.vae_sched.step()
+        return {f"vae_recon_{self.cfg.vae_loss}": rec.item(), "vae_kl": kl.item()}
 
     def _cache_latents(self) -> None:
         """Freeze the VAE, set its scaling factor so latents have unit variance (as SD's 0.18215 does
@@ -136,7 +141,8 @@ class FullTrainer:
 
     def save(self, directory: Path) -> None:
         save_checkpoint(directory, modules=self._modules(), optimizers={"vae": self.vae_opt, "main": self.opt},
-                        schedulers={"main": self.sched}, generator=self.generator, step=self.step,
+                        schedulers={"main": self.sched, "vae": self.vae_sched}, generator=self.generator,
+                        step=self.step,
                         extra={"scaling_factor": float(self.parts.vae.config.scaling_factor)})
         self.parts.tokenizer.save_pretrained(directory / "tokenizer")
 
@@ -146,7 +152,7 @@ class FullTrainer:
         self.parts.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         meta = load_checkpoint(directory, modules=self._modules(),
                                optimizers={"vae": self.vae_opt, "main": self.opt},
-                               schedulers={"main": self.sched}, generator=self.generator)
+                               schedulers={"main": self.sched, "vae": self.vae_sched}, generator=self.generator)
         self.step = int(meta["step"])
         self.parts.vae.register_to_config(scaling_factor=meta["scaling_factor"])
         if self.step > self.cfg.vae_steps:
