@@ -131,3 +131,14 @@ def test_rendered_sheet_is_soft_edged_and_imports(tmp_path: Path) -> None:
     alpha = images[:, 3]
     assert bool(((alpha > 0) & (alpha < 1)).any())  # anti-aliased edges, unlike the synth set
     assert float(alpha.mean()) > 0.1
+
+
+def test_builtin_unet_denoises_the_latent_the_builtin_vae_makes() -> None:
+    from catsith_sweep.models.builtin import UNET_CONFIG, VAE_CONFIG, build_untrained
+
+    parts = build_untrained(["a red ship"])
+    with torch.no_grad():
+        latent = parts.vae.encode(_sprites(count=1, size=VAE_CONFIG["sample_size"]) * 2 - 1).latent_dist.mean
+        assert latent.shape[1:] == (UNET_CONFIG["in_channels"], UNET_CONFIG["sample_size"], UNET_CONFIG["sample_size"])
+        context = torch.zeros(1, 4, UNET_CONFIG["cross_attention_dim"])
+        assert parts.unet(latent, 10, context).sample.shape == latent.shape
