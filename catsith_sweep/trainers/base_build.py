@@ -21,8 +21,8 @@ from catsith_sweep.trainers.full import FullTrainer
 # by FLOP count: VAE 1.10x, UNet 1.40x; with 1200 VAE steps that is an ESTIMATED 18-19 minutes, not yet
 # timed on an idle machine. The VAE steps were doubled because the round trip is the ceiling of every
 # LoRA: on held-out 16bit / handheld / a rendered sheet (bench/vae_roundtrip.py) 600 steps gave
-# 27/33/33 per 255, 900 (600 continued for 300) 22/30/28; 1200 is the most the 20-minute allowance
-# holds (bench/README.md has every probe).
+# 27/33/33 per 255, 900 (600 continued for 300) 22/30/28, 1200 (continued again) 16/19/18; 1200 is
+# the most the 20-minute allowance holds (bench/README.md has every probe).
 BUILTIN_BASE_CONFIG = {
     "name": "catsith-tiny-base",
     "trainer": "full",
