@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast test-cluster lint bench clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,10 @@ demo: venv
 # Unit and integration tests (GPU tests skip themselves where no CUDA device is present).
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# The cluster tier alone: a Ray cluster on 127.0.0.1, an mlflow server, faults injected (docker/README.md).
+test-cluster: venv
+	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not integration" $(PYTEST_ARGS)

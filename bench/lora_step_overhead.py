@@ -79,7 +79,7 @@ class BareLoop:
 
         exp = trainer.exp
         parts = load_base(exp.model.base, exp.model.cache_dir)
-        self.unet = parts.unet.requires_grad_(False).to(trainer.device)
+        self.unet = parts.unet.requires_grad_(False).to(trainer.rt.device)
         self.unet.add_adapter(LoraConfig(r=exp.lora.rank, lora_alpha=exp.lora.alpha,
                                          target_modules=list(exp.lora.target_modules), init_lora_weights="gaussian"))
         adapter = {k: v for k, v in trainer.parts.unet.state_dict().items() if ".lora_" in k}
@@ -93,7 +93,7 @@ class BareLoop:
         self.scheduler = copy.deepcopy(trainer.parts.scheduler)
         self.mean, self.std, self.emb = trainer.cache["mean"], trainer.cache["std"], trainer.cache["emb"]
         self.batch_size = batch_size
-        self.device = trainer.device
+        self.device = trainer.rt.device
         self.generator = torch.Generator().manual_seed(seed)
 
     def train(self, steps: int) -> float:
@@ -154,7 +154,7 @@ def main() -> None:
         trainer.setup()
         assert trainer.cache is not None, "the trainer must train from cached latents here"
         bare = BareLoop(trainer, lr, args.batch_size, seed=1)
-        cuda = trainer.device.type == "cuda"
+        cuda = trainer.rt.device.type == "cuda"
 
         def timed(run: Any) -> float:
             if cuda:
@@ -189,7 +189,7 @@ def main() -> None:
     # between repetitions), and from the medians.
     paired = statistics.median(b / t - 1 for t, b in zip(rates["trainer"], rates["bare"], strict=True))
     overhead = med["bare"] / med["trainer"] - 1
-    print(f"device {trainer.device}, torch threads {torch.get_num_threads()}, base {base}")
+    print(f"device {trainer.rt.device}, torch threads {torch.get_num_threads()}, base {base}")
     print(f"batch {args.batch_size}, LoRA rank {args.rank}, {len(trainer.params)} adapter tensors "
           f"({sum(p.numel() for p in trainer.params)} weights), {args.reps} x {args.steps} steps per loop")
     for name in loops:

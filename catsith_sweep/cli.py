@@ -22,17 +22,18 @@ from rich.markup import escape
 
 from catsith_sweep.errors import UserInputError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: user text such as `root:x:0` must print as written, not with `:x:` turned into an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from catsith_sweep.config import load_experiment
-    from catsith_sweep.trainers import require_implemented
+    from catsith_sweep.trainers import check_experiment
 
     loaded = load_experiment(args.experiment, args.overrides)
     exp = loaded.experiment
-    require_implemented(exp, loaded.path)
+    check_experiment(loaded)
     out.print(f"[green]ok[/green] {loaded.path}: experiment `{exp.name}`, trainer `{exp.trainer}`, "
               f"{len(loaded.space)} searched key(s), {exp.search.num_samples} trial(s)")
     for key, dist in loaded.space.items():
@@ -58,7 +59,7 @@ def cmd_dataset_validate(args: argparse.Namespace) -> int:
 def cmd_dataset_caption(args: argparse.Namespace) -> int:
     from catsith_sweep.data.captions import write_captions
 
-    count = write_captions(Path(args.dir))
+    count = write_captions(Path(args.dir), colors=args.colors)
     out.print(f"wrote {count} caption(s) in {Path(args.dir) / 'captions'}")
     return 0
 
@@ -67,7 +68,7 @@ def cmd_dataset_synth(args: argparse.Namespace) -> int:
     from catsith_sweep.data.synth import contact_sheet, synth_dataset
 
     report = synth_dataset(Path(args.out), seed=args.seed, size=args.size, variants=args.variants,
-                           style=args.style)
+                           style=args.style, caption_colors=args.colors)
     out.print(f"wrote {args.out}: {report}")
     if args.contact_sheet:
         contact_sheet(Path(args.out), Path(args.contact_sheet))
@@ -104,10 +105,25 @@ def cmd_dataset_import_sheet(args: argparse.Namespace) -> int:
         Path(args.sheet), Path(args.out), frame_size=args.frame_size, grid=args.grid, frames=args.frames,
         category=args.category, kind=args.kind, entity_id=args.id, directions=args.directions,
         color_key=args.color_key, size=args.size, counter_clockwise=args.counter_clockwise,
-        first_direction=args.first_direction,
+        first_direction=args.first_direction, caption_colors=args.colors,
+        warn=lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"),
     )
     out.print(f"imported {args.sheet} into {args.out}: {report}")
     return 0
+
+
+def cmd_dataset_fit(args: argparse.Namespace) -> int:
+    from catsith_sweep.metrics.vae_fit import fit_dataset
+
+    fit_dataset(Path(args.dir), base=args.base, png=Path(args.png), limit=args.limit,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None, log=lambda m: out.print(escape(m)))
+    return 0
+
+
+def _add_colors_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--colors", choices=["guide", "measured"], default="guide",
+                        help="caption colour words: guide (its rule on base_color, word for word) or measured "
+                        "(grey, brown, orange, ... of the sprites' opaque pixels)")
 
 
 def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
@@ -121,6 +137,7 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dataset_validate)
     p = dataset.add_parser("caption", help="write captions/*.txt with the guide's rules")
     p.add_argument("dir")
+    _add_colors_option(p)
     p.set_defaults(func=cmd_dataset_caption)
     p = dataset.add_parser("synth", help="generate the procedural exospace sprite set")
     p.add_argument("out")
@@ -128,7 +145,9 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--variants", type=int, default=3, help="designs per kind")
     p.add_argument("--style", choices=list(STYLES), default="16bit",
-                   help="art style: 16bit (the builtin base's) or handheld (four greens)")
+                   help="art style: 16bit (the builtin base's), handheld (four greens) or neon "
+                   "(complementary saturated colours, dark violet outlines)")
+    _add_colors_option(p)
     p.add_argument("--contact-sheet", default=None, help="also write a PNG contact sheet here")
     p.set_defaults(func=cmd_dataset_synth)
     p = dataset.add_parser("import-sheet", help="cut a sprite sheet into the dataset layout")
@@ -146,7 +165,15 @@ def _add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color-key", type=_color, default=None, help="background colour to make transparent: "
                    "auto (corner pixel), R,G,B or #RRGGBB")
     p.add_argument("--size", type=int, default=64, help="output sprite size")
+    _add_colors_option(p)
     p.set_defaults(func=cmd_dataset_import_sheet)
+    p = dataset.add_parser("fit", help="how well a base's VAE reproduces these sprites (the ceiling of a LoRA)")
+    p.add_argument("dir")
+    p.add_argument("--base", default="builtin:catsith-tiny", help="model.base to measure (default: the builtin)")
+    p.add_argument("--png", default="vae_fit.png", help="side-by-side PNG of originals and reconstructions")
+    p.add_argument("--limit", type=int, default=64, help="sprites measured, evenly spread over the dataset")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $CATSITH_CACHE or the user cache)")
+    p.set_defaults(func=cmd_dataset_fit)
 
 
 def cmd_base_build(args: argparse.Namespace) -> int:
@@ -206,6 +233,7 @@ def _sweep_commands(sub: argparse._SubParsersAction) -> None:
 
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_sweep_commands]
 _EXTRA_COMMANDS.append(lambda sub: __import__("catsith_sweep.promote.commands").promote.commands.register(sub))
+_EXTRA_COMMANDS.append(lambda sub: __import__("catsith_sweep.plan.command").plan.command.register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

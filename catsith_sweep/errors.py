@@ -34,3 +34,22 @@ class DatasetError(UserInputError):
 
 class ModelSourceError(UserInputError):
     """A base model cannot be found or loaded (bad path, hub id while offline, ...)."""
+
+
+def quote(value: object, *, limit: int = 60) -> str:
+    """User text fit for a one-line message: repr'd (so newlines and control characters show as
+    escapes), cut to `limit` characters. A whole file pasted into a message (a config pointing at
+    /etc/passwd, a 1 MB caption) is noise at best and a leak at worst."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def shorten(text: object, *, limit: int = 60) -> str:
+    """A key or name from user data as plain text on one line: control characters escaped, cut to
+    `limit` characters (unlike `quote`, printable short text is left as it is)."""
+    text = str(text)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -7,7 +7,6 @@ build while the others wait), so nothing touches the user's cache and the build 
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import pytest
 
 from catsith_sweep.config.schema import Experiment
+from catsith_sweep.io import file_lock
+from catsith_sweep.layout import BASE_PIPELINE_DIR, MODEL_INDEX
 
 # The smallest build that still runs both phases of the full trainer and one evaluation.
 TINY_BASE_CONFIG: dict[str, Any] = {
@@ -76,13 +77,12 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, catsith_cache: Path) -> 
     from catsith_sweep.trainers.base_build import build_base
 
     target = _session_dir(tmp_path_factory) / "tiny_base"
-    with open(target.with_name(".tiny_base.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "diffusers" / "model_index.json").is_file():
+    with file_lock(target.with_name(".tiny_base.lock")):
+        if not (target / BASE_PIPELINE_DIR / MODEL_INDEX).is_file():
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("CATSITH_CACHE", str(catsith_cache))
                 build_base(target, experiment=experiment(TINY_BASE_CONFIG, catsith_cache), log=lambda _: None)
-    return target / "diffusers"
+    return target / BASE_PIPELINE_DIR
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from catsith_sweep.models.builtin import (
     train_tokenizer,
 )
 from catsith_sweep.trainers import diffusion as D
+from catsith_sweep.trainers.base_build import ensure_builtin
 
 torch.set_num_threads(1)
 
@@ -56,6 +57,25 @@ def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="no model_index.json") as caught:
         load_base(str(tmp_path), None)
     assert str(tmp_path) in str(caught.value)
+
+
+def test_a_folder_base_build_wrote_is_a_base(tmp_path: Path) -> None:
+    """`base build --out DIR` puts the pipeline in DIR/diffusers: `model.base: DIR` resolves to it."""
+    (tmp_path / "built" / "diffusers").mkdir(parents=True)
+    (tmp_path / "built" / "diffusers" / "model_index.json").write_text("{}")
+    assert base_location(str(tmp_path / "built"), None) == tmp_path / "built" / "diffusers"
+    assert base_location(str(tmp_path / "built" / "diffusers"), None) == tmp_path / "built" / "diffusers"
+    (tmp_path / "built" / "model_index.json").write_text("{}")  # a pipeline folder itself comes first
+    assert base_location(str(tmp_path / "built"), None) == tmp_path / "built"
+
+
+def test_unbuilt_builtin_is_refused_without_building(tmp_path: Path) -> None:
+    """Loading resolves and loads only: a builtin base not in the cache is an error naming the fix."""
+    started = time.monotonic()
+    with pytest.raises(ModelSourceError, match=r"'builtin:catsith-tiny' is not built yet.*base build"):
+        load_base("builtin:catsith-tiny", tmp_path)
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "bases").exists()
 
 
 def test_unknown_builtin_is_refused(tmp_path: Path) -> None:
@@ -101,6 +121,18 @@ def test_builtin_name_loads_the_cached_base(tiny_base: Path, tmp_path: Path) -> 
     parts = load_base("builtin:catsith-tiny", tmp_path)
     assert time.monotonic() - started < 30
     assert sorted(p.name for p in target.iterdir()) == ["diffusers"]  # no build ran
+    assert torch.equal(_outputs(parts)["unet"], _outputs(load_parts(tiny_base))["unet"])
+    logged: list[str] = []
+    ensure_builtin("builtin:catsith-tiny", tmp_path, log=logged.append)
+    assert logged == [] and sorted(p.name for p in target.iterdir()) == ["diffusers"]  # built: nothing to do
+
+
+def test_model_base_loads_the_folder_base_build_wrote(tiny_base: Path) -> None:
+    """`model.base: DIR` for DIR from `base build --out DIR` (the pipeline is in DIR/diffusers)."""
+    out_dir = tiny_base.parent
+    assert (out_dir / "diffusers") == tiny_base and not (out_dir / "model_index.json").exists()
+    assert base_location(str(out_dir), None) == tiny_base
+    parts = load_base(str(out_dir), None)
     assert torch.equal(_outputs(parts)["unet"], _outputs(load_parts(tiny_base))["unet"])
 
 

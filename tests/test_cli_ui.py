@@ -1,5 +1,6 @@
 """`python -m catsith_sweep ui`: the real MLflow UI, started as a user would (venv not activated, so
-no `mlflow` on PATH), answering on 127.0.0.1 only, and stopped with Ctrl-C."""
+no `mlflow` on PATH), answering on 127.0.0.1 only, printing the direct URL of each experiment's runs page
+(MLflow 3 otherwise opens an experiment on its GenAI overview), and stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
     import mlflow
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(tracking_uri=store).create_experiment("ui_check")
+    experiment_id = mlflow.MlflowClient(tracking_uri=store).create_experiment("ui_check")
     port = _free_port()
     env = {**os.environ, "PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cli = subprocess.Popen([sys.executable, "-m", "catsith_sweep", "ui", "--tracking-uri", store,
@@ -70,5 +71,6 @@ def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
         cli.send_signal(signal.SIGINT)  # what Ctrl-C sends
         output = cli.communicate(timeout=60)[0]
     assert cli.returncode == 0, output
+    assert f"ui_check: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs" in output, output
     with pytest.raises(OSError):
         _get(f"http://127.0.0.1:{port}/health")

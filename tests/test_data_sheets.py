@@ -176,3 +176,81 @@ def test_given_base_color_is_used_and_checked(tmp_path: Path) -> None:
     assert "nebula environment, red colored" in caption
     with pytest.raises(DatasetError, match=r"base_color \(1, 2, 300\): expected \(r, g, b\)"):
         import_sheet(tmp_path / "g.png", tmp_path / "ds", entity_id="x", base_color=(1, 2, 300), **args)
+
+
+def _ship_sheet(path: Path, background: tuple[int, int, int], *, outline: tuple[int, int, int] = (10, 10, 10),
+                quality: int | None = None) -> np.ndarray:
+    """2x1 frames of 32 px on `background`: a body with a cockpit of the background colour inside it
+    and an outline column touching... nothing (inside the body). Returns the sprite mask."""
+    sheet = np.zeros((32, 64, 3), dtype=np.uint8)
+    sheet[:] = background
+    mask = np.zeros((32, 64), dtype=bool)
+    for x in (0, 32):
+        sheet[6:26, x + 8:x + 24] = (200, 180, 60)
+        sheet[6:26, x + 8] = outline  # an outline column on the body's left edge, touching the background
+        sheet[12:18, x + 13:x + 19] = background  # cockpit: the key colour, enclosed by the body
+        mask[6:26, x + 8:x + 24] = True
+    if quality is None:
+        Image.fromarray(sheet, "RGB").save(path)
+    else:
+        Image.fromarray(sheet, "RGB").save(path, format="JPEG", quality=quality)
+    return mask
+
+
+def _alpha_sheet(root: Path) -> np.ndarray:
+    """The imported frames as they were on the sheet (size 32 = frame size, so no scaling)."""
+    frames = [np.asarray(Image.open(root / "images" / n))[..., 3] > 0 for n in load_metadata(root).entities[0].files]
+    return np.concatenate(frames, axis=1)
+
+
+def test_auto_key_floods_from_frame_borders_only(tmp_path: Path) -> None:
+    mask = _ship_sheet(tmp_path / "ships.png", (0, 0, 0), outline=(20, 20, 20))
+    import_sheet(tmp_path / "ships.png", tmp_path / "ds", grid=(2, 1), category="vehicle", kind="fighter",
+                 color_key="auto", size=32)
+    opaque = _alpha_sheet(tmp_path / "ds")
+    assert (opaque == mask).all()  # the black cockpit and the dark outline stay; all background goes
+
+
+def test_auto_key_on_a_jpeg_sheet(tmp_path: Path) -> None:
+    mask = _ship_sheet(tmp_path / "ships.jpg", (255, 0, 255), outline=(200, 180, 60), quality=75)
+    import_sheet(tmp_path / "ships.jpg", tmp_path / "ds", grid=(2, 1), category="vehicle", kind="fighter",
+                 color_key="auto", size=32)
+    opaque = _alpha_sheet(tmp_path / "ds")
+    # Before: 4 of 624 background pixels keyed. What stays is the 1 px fringe JPEG smears around sprites.
+    assert (~opaque & ~mask).sum() > 0.85 * (~mask).sum()
+    assert (opaque & mask).sum() > 0.95 * mask.sum()
+
+
+def test_auto_key_warns_when_little_is_keyed(tmp_path: Path) -> None:
+    sheet = np.full((32, 64, 3), (0, 0, 255), dtype=np.uint8)
+    sheet[1:, :] = (250, 250, 250)  # the corner pixel is not the background
+    sheet[8:24, 8:24] = sheet[8:24, 40:56] = (200, 0, 0)
+    Image.fromarray(sheet, "RGB").save(tmp_path / "odd.png")
+    seen: list[str] = []
+    import_sheet(tmp_path / "odd.png", tmp_path / "ds", grid=(2, 1), category="vehicle", kind="fighter",
+                 color_key="auto", size=32, warn=seen.append)
+    assert len(seen) == 1 and "keyed only" in seen[0] and "(0, 0, 255)" in seen[0]
+    with pytest.warns(UserWarning, match="keyed only"):
+        import_sheet(tmp_path / "odd.png", tmp_path / "ds2", grid=(2, 1), category="vehicle", kind="fighter",
+                     color_key="auto", size=32)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    grey = np.zeros((16, 32), dtype=np.uint16)
+    grey[4:12, 4:12] = 32768  # mid grey in 16 bits
+    grey[4:12, 20:28] = 65535
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode in ("I;16", "I")
+    import_sheet(tmp_path / "grey16.png", tmp_path / "ds", grid=(2, 1), category="projectile", kind="bullet",
+                 color_key=(0, 0, 0), size=16)
+    frames = [np.asarray(Image.open(tmp_path / "ds" / "images" / n)) for n in
+              load_metadata(tmp_path / "ds").entities[0].files]
+    assert tuple(frames[0][8, 8]) == (128, 128, 128, 255) and tuple(frames[1][8, 8]) == (255, 255, 255, 255)
+
+
+def test_size_and_sheet_bounds(tmp_path: Path) -> None:
+    _grid_sheet(tmp_path / "s.png", 2, 1)
+    with pytest.raises(DatasetError, match="size 60000: expected 8 to 1024 px"):
+        import_sheet(tmp_path / "s.png", tmp_path / "ds", grid=(2, 1), category="vehicle", kind="fighter",
+                     size=60000)
+    assert not (tmp_path / "ds").exists()

@@ -147,8 +147,8 @@ def test_handheld_style_recolours_the_same_designs(tmp_path: Path, synth: Path) 
     caption = (styled / "captions" / "ship_fighter_v0_3.txt").read_text().strip()
     assert caption.endswith("transparent background, handheld style")
     assert "green colored" in caption  # the colour word follows the recoloured hull, not the design's
-    with pytest.raises(DatasetError, match="synth style 'neon' is unknown; expected one of: 16bit, handheld"):
-        synth_dataset(tmp_path / "neon", size=32, variants=1, style="neon")
+    with pytest.raises(DatasetError, match="synth style 'oil' is unknown; expected one of: 16bit, handheld, neon"):
+        synth_dataset(tmp_path / "oil", size=32, variants=1, style="oil")
 
 
 def test_cached_synth_set_per_style(tmp_path: Path) -> None:
@@ -160,6 +160,22 @@ def test_cached_synth_set_per_style(tmp_path: Path) -> None:
     assert plain.name == "seed0-v1-16px"  # the builtin base's cached set keeps its folder
     assert styled.name == "seed0-v1-16px-handheld"
     assert load_metadata(styled).style == "pixel_art_handheld" and load_metadata(plain).style == "pixel_art_16bit"
+
+
+def test_cached_synth_set_per_caption_colors(tmp_path: Path) -> None:
+    from catsith_sweep.config.schema import DataSection
+    from catsith_sweep.data.source import dataset_root
+
+    guide = dataset_root(DataSection(synth_variants=1, resolution=16), tmp_path)
+    measured = dataset_root(DataSection(synth_variants=1, resolution=16, caption_colors="measured"), tmp_path)
+    neon = dataset_root(DataSection(synth_variants=1, resolution=16, synth_style="neon", caption_colors="measured"),
+                        tmp_path)
+    assert (guide.name, measured.name, neon.name) == (
+        "seed0-v1-16px", "seed0-v1-16px-measured", "seed0-v1-16px-neon-measured")
+    rock = "captions/environment_asteroid_v0.txt"
+    assert "red colored" in (guide / rock).read_text()  # the guide's rule on a grey-brown rock
+    assert "red colored" not in (measured / rock).read_text()
+    assert (measured / "images").is_dir() and len(list((measured / "captions").iterdir())) == 6 * 8 + 13
 
 
 def test_config_and_cli_know_every_style() -> None:

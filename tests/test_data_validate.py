@@ -203,3 +203,22 @@ def test_schema_errors_do_not_hide_file_problems(tmp_path: Path) -> None:
                      "images/stray.png: not listed"):
         assert expected in text, text
     assert len(info.value.problems) == 6, text
+
+
+def test_validate_keeps_no_pixels_and_checks_size_before_decoding(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_bad_datasets import png_header_only
+
+    from catsith_sweep.data import validate
+
+    root = make_dataset(tmp_path / "ds")
+    checked = validate.inspect_dataset(root, keep_pixels=False)
+    assert checked.sprites == [] and checked.report.images == 9
+    assert len(validate.inspect_dataset(root).sprites) == 9  # training still gets its pixels
+    png_header_only(root / "images" / "projectile_bullet.png", 12000, 12000)
+    opened: list[str] = []
+    real_open = validate.Image.open
+    monkeypatch.setattr(validate.Image, "open", lambda fp, *a, **k: (opened.append(str(fp)), real_open(fp, *a, **k))[1])
+    with pytest.raises(DatasetError, match=r"12000x12000 px; sprites are at most 1024x1024 \(not decoded\)"):
+        validate_dataset(root)
+    assert len(opened) == 8  # the eight fighter frames; never the 12000 px one

@@ -17,13 +17,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from catsith_sweep.data import vocab
+from catsith_sweep.data.pixels import composite_rgba, upscale_nearest
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.metrics.images import (
-    composite_rgba,
-    make_grid_png,
-    save_png_atomic,
-    upscale_nearest,
-)
+from catsith_sweep.metrics.images import make_grid_png, save_png_atomic
 
 torch.set_num_threads(1)
 
@@ -105,7 +101,7 @@ def test_composite_rgba_blends_over_background() -> None:
     # Floats are [0, 1] colours, ints 0..255: the same blue either way; uint8 input is scaled.
     torch.testing.assert_close(composite_rgba(rgba, (0.0, 0.0, 1.0)), out)
     torch.testing.assert_close(composite_rgba((rgba * 255).round().byte(), (0, 0, 255)), out, atol=3e-3, rtol=0)
-    assert composite_rgba(out) is not None and composite_rgba(out).shape == out.shape  # RGB passes through
+    assert torch.equal(composite_rgba(out), out)  # RGB passes through unchanged
     with pytest.raises(ValueError):
         composite_rgba(rgba, (0, 0, 300))
 

@@ -12,13 +12,12 @@ import torch
 
 from catsith_sweep.export import onnx_vae
 from catsith_sweep.export.onnx_vae import (
-    DECODER_FILE,
-    ENCODER_FILE,
     OnnxExportError,
     check_onnx_against_torch,
     decode_with_onnxruntime,
     export_sprite_vae_onnx,
 )
+from catsith_sweep.layout import VAE_DECODER_ONNX, VAE_ENCODER_ONNX
 from catsith_sweep.models.sprite_vae import SpriteVAE
 
 torch.set_num_threads(1)
@@ -45,7 +44,7 @@ def _io(path: Path) -> tuple[dict[str, list[int | str]], dict[str, list[int | st
 def test_export_writes_catsith_graphs(vae: SpriteVAE, tmp_path: Path) -> None:
     result = export_sprite_vae_onnx(vae, tmp_path)
     assert vae.training  # the caller's mode is restored
-    assert result.encoder_path == tmp_path / ENCODER_FILE and result.decoder_path == tmp_path / DECODER_FILE
+    assert result.encoder_path == tmp_path / VAE_ENCODER_ONNX and result.decoder_path == tmp_path / VAE_DECODER_ONNX
     assert result.encoder_max_abs_diff <= 1e-4 and result.decoder_max_abs_diff <= 1e-4
     enc_in, enc_out = _io(result.encoder_path)
     dec_in, dec_out = _io(result.decoder_path)
@@ -54,7 +53,7 @@ def test_export_writes_catsith_graphs(vae: SpriteVAE, tmp_path: Path) -> None:
     assert dec_in == {"latent": ["batch", 64]}
     # The legacy exporter leaves the decoder's spatial output dims symbolic; the run below pins them.
     assert list(dec_out) == ["image"] and dec_out["image"][:2] == ["batch", 4]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [DECODER_FILE, ENCODER_FILE]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [VAE_DECODER_ONNX, VAE_ENCODER_ONNX]  # no temp files
 
     # Another batch size than the traced one, against the eval-mode model.
     diff = check_onnx_against_torch(vae.decoder, result.decoder_path, torch.randn(5, 64))

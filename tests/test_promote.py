@@ -1,8 +1,9 @@
 """`promote` and `registry list|verify` end to end, against a real MLflow sqlite store.
 
-The store holds a sweep built by hand the way a real one looks (parent run tagged like
-`summary.start_parent_run`, child runs tagged like `TrialLogger`, real artifacts: PEFT safetensors from
-`save_peft_safetensors`, the resolved config from `dump_resolved`, a sample grid PNG). It is built once
+The store holds a sweep written by the functions a real sweep uses (`sweep_runs.start_sweep_run`, a
+`TrialLogger` per trial, `sweep_runs.end_trial_run` with each trial's outcome), with real artifacts: PEFT
+safetensors from `save_peft_safetensors`, the resolved config from `dump_resolved`, a sample grid PNG.
+`tests/test_sweep_integration.py` promotes from a store a real Ray sweep wrote. The store is built once
 per module; each test works on its own copy of the database, so model-registry state never leaks.
 """
 
@@ -24,6 +25,8 @@ from catsith_sweep.config import Experiment, dump_resolved, load_experiment
 from catsith_sweep.export.lora_formats import LoraLayer, load_lora_file, lora_delta, save_peft_safetensors
 from catsith_sweep.promote.lora import default_registry, resolve_settings, slugify
 from catsith_sweep.registry import read_weights_bin, verify_package, verify_registry, write_package
+from catsith_sweep.tracking import Outcome, SweepStatus, artifacts, queries, sweep_runs
+from catsith_sweep.tracking.trial_logger import TrialLogger, trial_tags
 
 torch.set_num_threads(1)
 EXP = "pixel-ships"
@@ -32,12 +35,12 @@ SHAPES = {  # layer -> (in, out)
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (24, 32),
     "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0": (32, 16),
 }
-# trial -> (sprite_fid, outcome tags): c and d score better than a but must never be promoted.
-TRIALS: dict[str, tuple[float, dict[str, str]]] = {
-    "a": (5.0, {tracking.TAG_FINISHED: "true"}),
-    "b": (8.0, {tracking.TAG_FINISHED: "true"}),
-    "c": (1.0, {tracking.TAG_ERROR: "RuntimeError: CUDA out of memory"}),
-    "d": (2.0, {tracking.TAG_EARLY: "true", tracking.TAG_FINISHED: "false"}),
+# trial -> (sprite_fid, outcome): c and d score better than a but must never be promoted.
+TRIALS: dict[str, tuple[float, Outcome]] = {
+    "a": (5.0, Outcome.FINISHED),
+    "b": (8.0, Outcome.FINISHED),
+    "c": (1.0, Outcome.FAILED),
+    "d": (2.0, Outcome.STOPPED_EARLY),
 }
 
 
@@ -63,14 +66,13 @@ def _experiment() -> Experiment:
     })
 
 
-def _log_trial(c: Any, exp_id: str, parent_id: str, trial: str, seed: int, work: Path) -> tuple[str, list[LoraLayer],
-                                                                                               bytes]:
-    fid, tags = TRIALS[trial]
-    run_id = c.create_run(exp_id, run_name=f"trial_{trial}", tags={
-        tracking.PARENT_TAG: parent_id, tracking.TAG_TRIAL: trial, tracking.TAG_KIND: "trial",
-        tracking.TAG_SWEEP: "sweep-1", **tags}).info.run_id
-    c.log_metric(run_id, "sprite_fid", fid, step=100)
-    c.log_metric(run_id, "sprite_kid", fid / 100, step=100)
+def _log_trial(uri: str, exp_id: str, parent_id: str, trial: str, seed: int,
+               work: Path) -> tuple[str, list[LoraLayer], bytes]:
+    fid, outcome = TRIALS[trial]
+    logger = TrialLogger(uri=uri, experiment_id=exp_id, parent_run_id=parent_id, trial_id=trial,
+                         trial_name=f"#{seed + 1} rank=4", tags=trial_tags("sweep-1", "abc", "data"),
+                         params={"lora.rank": 4}, config=_experiment().model_dump(mode="json"))
+    logger.log_metrics({"sprite_fid": fid, "sprite_kid": fid / 100}, step=100)
     export, samples = work / trial / "export", work / trial / "samples"
     export.mkdir(parents=True)
     samples.mkdir(parents=True)
@@ -78,25 +80,26 @@ def _log_trial(c: Any, exp_id: str, parent_id: str, trial: str, seed: int, work:
     save_peft_safetensors(layers, export / "pytorch_lora_weights.safetensors", metadata={"base_model": "x"})
     (export / "config.yaml").write_text(dump_resolved(_experiment()))
     Image.new("RGBA", (8, 4), (seed * 40, 0, 255, 255)).save(samples / "samples.png")
-    c.log_artifacts(run_id, str(export), "export")
-    c.log_artifact(run_id, str(samples / "samples.png"), "samples")
-    c.set_terminated(run_id, "FAILED" if tracking.TAG_ERROR in tags else "FINISHED")
-    return run_id, layers, (samples / "samples.png").read_bytes()
+    logger.log_artifacts({p.name: p for p in export.iterdir()}, artifacts.EXPORT_DIR)
+    logger.log_artifacts({"grid": samples / "samples.png"}, artifacts.SAMPLES_DIR)
+    logger.flush()
+    if outcome is Outcome.FAILED:
+        logger.record_error(RuntimeError("CUDA out of memory"))
+    sweep_runs.end_trial_run(uri, exp_id, parent_id, trial, outcome)
+    return logger.run_id, layers, (samples / "samples.png").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Store:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    c = tracking.client(uri)
-    exp_id = c.create_experiment(EXP, artifact_location=(root / "artifacts").as_uri())
-    parent_id = c.create_run(exp_id, run_name="sweep sweep-1", tags={
-        tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: "sweep-1", "catsith.trainer": "lora",
-        "catsith.metric": "sprite_fid", "catsith.mode": "min"}).info.run_id
+    exp_id = tracking.client(uri).create_experiment(EXP, artifact_location=(root / "artifacts").as_uri())
+    parent_id = sweep_runs.start_sweep_run(uri, exp_id, sweep_id="sweep-1", trainer="lora", metrics=["sprite_fid"],
+                                           modes=["min"], inputs={}, params={})
     runs, layers, pngs = {}, {}, {}
     for seed, trial in enumerate(TRIALS):
-        runs[trial], layers[trial], pngs[trial] = _log_trial(c, exp_id, parent_id, trial, seed, root / "work")
-    c.set_terminated(parent_id, "FINISHED")
+        runs[trial], layers[trial], pngs[trial] = _log_trial(uri, exp_id, parent_id, trial, seed, root / "work")
+    sweep_runs.end_sweep_run(uri, queries.sweep_by_run_id(uri, parent_id), SweepStatus.FINISHED)
     return Store(uri, runs, layers, pngs)
 
 

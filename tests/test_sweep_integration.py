@@ -1,5 +1,7 @@
 """The real CLI, end to end: a small LoRA sweep on Ray Tune + Optuna, tracked in a real MLflow store,
-with one trial that fails, and an interrupted sweep resumed without duplicate runs."""
+with one trial that fails, then `leaderboard` and `promote` on the store that sweep wrote (the contract
+between a sweep and promote); and an interrupted sweep, its runs ended as KILLED, resumed without
+duplicate runs."""
 
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None
     (cwd / "exp.yaml").write_text(EXPERIMENT.format(base=tiny_base, steps=8, every=4, concurrency=2))
     proc = _cli(cwd, cache, "run", "exp.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "1 failed" in proc.stdout and "2 finished" in proc.stdout
+    assert "2 finished, 1 failed" in proc.stdout
+    assert "best trials by sprite_fid" in proc.stdout and "{'" not in proc.stdout  # rows, not raw dicts
 
     runs = _runs(cwd / "mlflow.db")
     parents = [r for r in runs if r.get("catsith.run_kind") == "sweep"]
@@ -80,6 +83,10 @@ def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None
     failed = [c for c in children if c["status"] == "FAILED"]
     assert len(failed) == 1 and "no_such_module" in failed[0]["catsith.error"]
     assert sorted(c["status"] for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+    # Named for a person (Tune's counter and the sampled values); the trial id stays in a tag.
+    assert all(c["name"].startswith("#") and " rank=" in c["name"] for c in children), [c["name"] for c in children]
+    assert all(c["catsith.trial_id"] not in c["name"] for c in children)
+    assert "no_such_module" in failed[0]["name"]
 
     import mlflow
 
@@ -99,10 +106,32 @@ def test_sweep_end_to_end(workspace: tuple[Path, Path], tiny_base: Path) -> None
     assert {"plots/optimization_history.png", "plots/tradeoff_lora_rank.png",
             "plots/top_trials_comparison.png"} <= plots, plots
     assert parents[0]["status"] == "FINISHED" and parents[0].get("catsith.best_run_id")
+    trace = mlflow.artifacts.download_artifacts(run_id=failed[0]["run_id"], artifact_path="traceback.txt",
+                                                dst_path=str(cwd / "trace"), tracking_uri=client.tracking_uri)
+    text = Path(trace).read_text()
+    assert text.startswith("Traceback (most recent call last)") and "no_such_module" in text
 
     board = _cli(cwd, cache, "leaderboard", "it_sweep")
     assert board.returncode == 0 and "failed" in board.stdout and "finished" in board.stdout
+    sweep_id = parents[0]["catsith.sweep_id"]
+    assert f"using sweep {sweep_id} (finished, the newest finished sweep)" in board.stdout
     assert parents[0]["catsith.best_run_id"] in board.stdout  # whole, so it can be pasted into --run-id
+
+    # promote reads what the sweep wrote: its tags, rows, ranking and export artifacts.
+    registry = cwd / "loras"
+    promoted = _cli(cwd, cache, "promote", "it_sweep", "--registry", str(registry))
+    assert promoted.returncode == 0, promoted.stdout[-3000:] + promoted.stderr[-3000:]
+    assert f"using sweep {sweep_id} (finished" in promoted.stdout
+    assert "not promoted, failed" not in promoted.stdout  # a failed trial has no score to beat the best
+    registry_client = mlflow.MlflowClient(tracking_uri=client.tracking_uri, registry_uri=client.tracking_uri)
+    champion = registry_client.get_model_version_by_alias("it_sweep", "champion")
+    assert champion.run_id == parents[0]["catsith.best_run_id"]
+    assert champion.tags["catsith.sweep_id"] == sweep_id
+    from catsith_sweep.registry import verify_registry
+
+    [(package, findings)] = verify_registry(registry).items()
+    assert [f for f in findings if f.is_error] == []
+    assert champion.tags["catsith.package_path"] == str(package.resolve())
 
 
 def test_interrupted_sweep_resumes_without_duplicates(workspace: tuple[Path, Path], tiny_base: Path) -> None:
@@ -122,13 +151,17 @@ def test_interrupted_sweep_resumes_without_duplicates(workspace: tuple[Path, Pat
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output[-3000:]
     assert "--resume" in output
+    runs = _runs(cwd / "mlflow.db")
+    assert [r["status"] for r in runs if r.get("catsith.run_kind") == "sweep"] == ["KILLED"]
+    assert "RUNNING" not in {r["status"] for r in runs}, runs  # open trials were ended with the sweep
 
     resumed = _cli(cwd, cache, "run", "exp.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "continuing interrupted sweep" in resumed.stdout and "unpickled" in resumed.stdout
     runs = _runs(cwd / "mlflow.db")
     children = [r for r in runs if r.get("catsith.run_kind") == "trial"]
     parents = [r for r in runs if r.get("catsith.run_kind") == "sweep"]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0]["status"] == "FINISHED"
     trial_ids = [c["catsith.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 3, trial_ids
     assert sorted(c["status"] for c in children) == ["FAILED", "FINISHED", "FINISHED"]

@@ -10,16 +10,16 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from catsith_sweep.sweep.search import BudgetAwareOptunaSearch
+from catsith_sweep.sweep.search import OptunaStudySearcher
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 
 
-def _searcher() -> BudgetAwareOptunaSearch:
-    return BudgetAwareOptunaSearch(space={"lr": FloatDistribution(1e-4, 1e-2, log=True)}, metric="fid",
+def _searcher() -> OptunaStudySearcher:
+    return OptunaStudySearcher(space={"lr": FloatDistribution(1e-4, 1e-2, log=True)}, metric="fid",
                                    mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
 
 
-def _report(searcher: BudgetAwareOptunaSearch, trial_id: str, values: list[float], *, finished: bool) -> dict:
+def _report(searcher: OptunaStudySearcher, trial_id: str, values: list[float], *, finished: bool) -> dict:
     result: dict = {}
     for i, value in enumerate(values):
         last = i == len(values) - 1
@@ -42,7 +42,7 @@ def test_trial_ends_are_told_truthfully() -> None:
         searcher.on_trial_complete("stopped", _report(searcher, "stopped", [3.0], finished=False))
         searcher.on_trial_complete("failed", {"fid": 1.0, FAILED: True}, error=True)
         searcher.on_trial_complete("nan", _report(searcher, "nan", [float("nan")], finished=True))
-    trials = {t.number: t for t in searcher._ot_study.trials}
+    trials = {t.number: t for t in searcher.study.trials}
     done, stopped, failed, nan = (trials[i] for i in range(4))
     assert done.state == TrialState.COMPLETE and done.value == 4.0
     assert done.intermediate_values == {10: 5.0, 20: 4.0}
@@ -51,7 +51,7 @@ def test_trial_ends_are_told_truthfully() -> None:
     assert nan.state == TrialState.FAIL and nan.intermediate_values == {}
     # Completing twice (Tune may call again on restore) changes nothing.
     searcher.on_trial_complete("done", {"fid": 0.1, STEP: 30, FINISHED: True, FAILED: False})
-    assert searcher._ot_study.trials[0].value == 4.0
+    assert searcher.study.trials[0].value == 4.0
 
 
 def test_unknown_trial_is_ignored() -> None:
@@ -59,7 +59,7 @@ def test_unknown_trial_is_ignored() -> None:
     searcher.suggest("a")
     searcher.on_trial_result("never-suggested", {"fid": 1.0, STEP: 10, FINISHED: False, FAILED: False})
     searcher.on_trial_complete("never-suggested", {"fid": 1.0, FINISHED: True, FAILED: False})
-    [only] = searcher._ot_study.trials
+    [only] = searcher.study.trials
     assert only.state == TrialState.RUNNING and only.intermediate_values == {}
 
 
@@ -71,4 +71,4 @@ def test_best_value_ignores_pruned_partial_scores(finished: bool) -> None:
     searcher.on_trial_complete("a", _report(searcher, "a", [6.0, 5.0], finished=True))
     # b's partial score is better, but it only counts as a finished trial's value when it finished.
     searcher.on_trial_complete("b", _report(searcher, "b", [2.0], finished=finished))
-    assert searcher._ot_study.best_value == (2.0 if finished else 5.0)
+    assert searcher.study.best_value == (2.0 if finished else 5.0)

@@ -14,10 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from catsith_sweep.config.schema import Experiment
-from catsith_sweep.trainers import diffusion as D
-from catsith_sweep.trainers import make_trainer
+from catsith_sweep.errors import ConfigError
+from catsith_sweep.trainers import make_trainer, planned_budget
+from catsith_sweep.trainers import runtime as R
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
 from catsith_sweep.trainers.full import FullTrainer
+from catsith_sweep.trainers.heldout import split_params
 from catsith_sweep.trainers.lora import LoraTrainer
 
 torch.set_num_threads(1)
@@ -127,6 +129,7 @@ def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_c
     assert [r.step for r in train_logs] == [1, 2, 3, 4]
     assert all(set(r.metrics) == {"loss", "lr"} for r in train_logs)
     assert [r.step for r in evals] == [2, 4]
+    assert all(set(r.metrics) == set(LoraTrainer.surface.metric_names(exp)) for r in evals)  # as declared
     for r in evals:
         for key in ("loss", "lr", "sprite_fid", "sprite_kid", "sprite_lpips", "kind_accuracy", "direction_accuracy"):
             assert key in r.metrics and isinstance(r.metrics[key], float), key
@@ -136,6 +139,12 @@ def test_run_trial_lora_reports_evaluates_and_exports(tiny_base: Path, catsith_c
         assert samples.parent.name == f"step_{r.step:06d}"
     assert len(checkpoint_configs) == 2
     assert all(yaml.safe_load(text) == exp.model_dump(mode="json") for text in checkpoint_configs)
+    # The held-out split, once, with the first report (the sweep logs these as MLflow params).
+    assert reports[0].params == split_params(trainer.split) and not any(r.params for r in reports[1:])
+    assert {k: reports[0].params[k] for k in ("split.seed", "split.heldout_images", "split.train_images",
+                                              "split.heldout_entities", "split.train_entities")} == {
+        "split.seed": "0", "split.heldout_images": "17", "split.train_images": "44",
+        "split.heldout_entities": "3", "split.train_entities": "16"}
 
     last = reports[-1]
     assert last.final and last.step == 4 and final.step == 4 and sum(r.final for r in reports) == 1
@@ -236,13 +245,53 @@ def test_lora_diverging_learning_rate_raises(tiny_base: Path, catsith_cache: Pat
     assert 1 <= trainer.step < 20
 
 
-def test_half_precision_on_cpu_is_refused(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
+def _any_experiment(trainer: str, cache: Path, **overrides: Any) -> Experiment:
+    """A small experiment of `trainer` (the LoRA base path is never opened by the tests using this)."""
+    if trainer == "lora":
+        return lora_experiment(Path("/no/base/needed"), cache, **overrides)
+    if trainer == "vae":
+        from test_vae_trainer import vae_experiment
+
+        return vae_experiment(cache, **overrides)
+    return experiment(TINY_BASE_CONFIG, cache, **overrides)
+
+
+@pytest.mark.parametrize("trainer", ["lora", "vae", "full"])
+def test_half_precision_on_cpu_is_refused(trainer: str, catsith_cache: Path, tmp_path: Path) -> None:
+    """Every trainer honours train.mixed_precision (the full trainer used to ignore it)."""
     for precision in ("fp16", "bf16"):
-        exp = lora_experiment(tiny_base, catsith_cache, train={"mixed_precision": precision, "device": "cpu"})
+        exp = _any_experiment(trainer, catsith_cache, train={"mixed_precision": precision, "device": "cpu"})
         with pytest.raises(RuntimeError, match=f"mixed_precision={precision} needs a CUDA device"):
-            LoraTrainer(exp, tmp_path).setup()
-    assert D.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert D.resolve_dtype("no", torch.device("cpu")) == torch.float32
+            make_trainer(exp, tmp_path).setup()
+
+
+@pytest.mark.parametrize("trainer,refused", [("lora", "onnx"), ("vae", "peft_safetensors"), ("full", "onnx")])
+def test_export_formats_are_refused_before_training(trainer: str, refused: str, catsith_cache: Path,
+                                                    tmp_path: Path) -> None:
+    """A format the trainer cannot write stops `setup`, not the export after the whole budget (LoRA
+    used to drop it silently)."""
+    exp = _any_experiment(trainer, catsith_cache, export={"formats": [refused]})
+    with pytest.raises(ConfigError, match=f"trainer `{trainer}` cannot write {refused}"):
+        make_trainer(exp, tmp_path).setup()
+
+
+def test_runtime_follows_the_train_section(catsith_cache: Path) -> None:
+    exp = _any_experiment("vae", catsith_cache, train={"num_threads": 1, "seed": 5, "device": "cpu"})
+    first, second = R.start_runtime(exp), R.start_runtime(exp)
+    assert torch.get_num_threads() == 1
+    assert first.device.type == "cpu" and first.dtype == torch.float32 and not first.scaler.is_enabled()
+    draws = [torch.randint(0, 1000, (5,), generator=g).tolist() for g in (first.generator, second.generator)]
+    assert draws[0] == draws[1]  # seeded from train.seed: trials repeat
+    other = R.start_runtime(_any_experiment("vae", catsith_cache, train={"num_threads": 1, "seed": 6}))
+    assert torch.randint(0, 1000, (5,), generator=other.generator).tolist() != draws[0]
+    threads = R.start_runtime(_any_experiment("vae", catsith_cache, train={"num_threads": None},
+                                              resources={"cpu": 2}))
+    assert torch.get_num_threads() == 2 and threads.device.type in ("cpu", "cuda")
+    torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="train.device is `cuda`, but no CUDA device"):
+            R.start_runtime(_any_experiment("vae", catsith_cache, train={"device": "cuda"}))
+        assert R.start_runtime(_any_experiment("vae", catsith_cache, train={"device": "auto"})).device.type == "cpu"
 
 
 @pytest.mark.parametrize("targets,message", [
@@ -259,26 +308,13 @@ def test_lora_targets_are_refused_at_setup(tiny_base: Path, catsith_cache: Path,
     assert str(info.value).startswith(f"lora.target_modules {targets}:")
 
 
-def test_device_auto(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert D.resolve_device("auto").type == expected
-    assert D.resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
-            D.resolve_device("cuda")
-        trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"device": "auto"}), tmp_path)
-        trainer.setup()
-        assert trainer.device.type == "cpu" and trainer.dtype == torch.float32
-        assert trainer.parts.unet.device.type == "cpu"
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
     exp = lora_experiment(tiny_base, catsith_cache, train={"device": "auto", "mixed_precision": "auto"})
     trainer = LoraTrainer(exp, tmp_path)
     trainer.setup()
-    assert trainer.device.type == "cuda" and trainer.dtype in (torch.bfloat16, torch.float16)
+    assert trainer.rt.device.type == "cuda" and trainer.rt.dtype in (torch.bfloat16, torch.float16)
     before = _trainable(trainer)
     metrics = trainer.train(2, _quiet)
     assert trainer.step == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
@@ -288,21 +324,185 @@ def test_lora_on_cuda_mixed_precision(tiny_base: Path, catsith_cache: Path, tmp_
 
 
 def _epochs_experiment(trainer: str, base: Path, cache: Path) -> Experiment:
-    train = {"max_steps": None, "epochs": 3, "batch_size": 8, "gradient_accumulation_steps": 2}
+    # 44 training sprites (of 61; 17 held out): LoRA 2 steps per epoch (batches of 16, 2 to a step), 2
+    # epochs; the full trainer 3 VAE steps, then 1 step per epoch (batches of 32, 2 to a step).
+    train = {"max_steps": None, "epochs": 2, "batch_size": 16, "gradient_accumulation_steps": 2}
     if trainer == "lora":
-        return lora_experiment(base, cache, train=train)
-    return experiment(TINY_BASE_CONFIG, cache, train={**train, "gradient_accumulation_steps": 1},
-                      full={"vae_steps": 5})
+        return lora_experiment(base, cache, train=train, eval={"every_n_steps": 3})
+    return experiment(TINY_BASE_CONFIG, cache, train={**train, "batch_size": 32},
+                      full={"vae_steps": 3, "vae_batch_size": 4}, eval={"every_n_steps": 2})
 
 
-def test_total_steps_from_epochs(tiny_base: Path, catsith_cache: Path, tmp_path: Path) -> None:
-    lora = LoraTrainer(_epochs_experiment("lora", tiny_base, catsith_cache), tmp_path / "lora")
-    lora.setup()
-    images = len(lora.dataset)
-    assert images > 16
-    assert lora.total_steps() == -(-images // 16) * 3  # ceil(images / (batch 8 x accumulation 2)) x epochs
-    full = FullTrainer(_epochs_experiment("full", tiny_base, catsith_cache), tmp_path / "full")
-    full.setup()
-    assert full.total_steps() == 5 + -(-images // 8) * 3  # VAE phase + UNet epochs
-    # max_steps wins when given
-    assert LoraTrainer(lora_experiment(tiny_base, catsith_cache, train={"max_steps": 7}), tmp_path).total_steps() == 7
+@pytest.mark.parametrize("trainer", ["lora", "full"])
+def test_epoch_budget_is_what_the_sweep_plans(trainer: str, tiny_base: Path, catsith_cache: Path,
+                                              tmp_path: Path) -> None:
+    """The sweep sizes its scheduler with `planned_budget` before any trial runs; a trial must take
+    exactly those steps and report exactly those evaluations (the driver used to assume 10)."""
+    exp = _epochs_experiment(trainer, tiny_base, catsith_cache)
+    steps, evaluations = planned_budget(exp)
+    assert (steps, evaluations) == ({"lora": 4, "full": 5}[trainer], 2 if trainer == "lora" else 3)
+    reports: list[Report] = []
+    trainer_obj = make_trainer(exp, tmp_path)
+    run_trial(trainer_obj, exp, tmp_path, reports.append)
+    assert trainer_obj.step == trainer_obj.total_steps() == steps
+    evals = [r for r in reports if r.checkpoint is not None]
+    assert len(evals) == evaluations and evals[-1].step == steps
+    reported = set().union(*(r.metrics for r in evals))
+    assert reported == set(trainer_obj.surface.metric_names(exp))  # the full trainer's two phases together
+
+
+def test_full_trainer_accumulates_micro_batches(catsith_cache: Path, tmp_path: Path) -> None:
+    """With accumulation 2, a step of each phase draws the micro-batches two steps without it draw
+    (the full trainer used to ignore train.gradient_accumulation_steps)."""
+    def run(accumulation: int, vae_steps: int, steps: int) -> tuple[FullTrainer, torch.Tensor]:
+        exp = experiment(TINY_BASE_CONFIG, catsith_cache,
+                         train={"batch_size": 4, "gradient_accumulation_steps": accumulation},
+                         full={"vae_steps": vae_steps, "vae_batch_size": 4})
+        trainer = FullTrainer(exp, tmp_path / f"accumulate{accumulation}")
+        trainer.setup()
+        trainer.train(steps, _quiet)
+        return trainer, torch.get_rng_state()
+
+    accumulated, global_rng = run(2, 1, 2)  # one VAE step, one UNet step, 2 micro-batches each
+    plain, plain_global_rng = run(1, 2, 4)  # two VAE steps, two UNet steps
+    assert torch.equal(accumulated.rt.generator.get_state(), plain.rt.generator.get_state())
+    assert torch.equal(global_rng, plain_global_rng)  # the VAE's posterior samples
+
+
+def test_full_trainer_gradient_checkpointing_changes_memory_not_results(catsith_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    def run(checkpointing: bool) -> FullTrainer:
+        exp = experiment(TINY_BASE_CONFIG, catsith_cache, train={"batch_size": 4, "gradient_checkpointing":
+                                                                 checkpointing}, full={"vae_steps": 1,
+                                                                                       "vae_batch_size": 4})
+        trainer = FullTrainer(exp, tmp_path / str(checkpointing))
+        trainer.setup()
+        trainer.train(2, _quiet)
+        return trainer
+
+    plain, checkpointed = run(False), run(True)
+    assert checkpointed.parts.unet.is_gradient_checkpointing and checkpointed.parts.vae.is_gradient_checkpointing
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.parts.text_encoder.modules())
+    assert not plain.parts.unet.is_gradient_checkpointing
+    for name, want in _all_weights(plain).items():
+        torch.testing.assert_close(_all_weights(checkpointed)[name], want, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_full_trainer_on_cuda_mixed_precision(catsith_cache: Path, tmp_path: Path) -> None:
+    exp = experiment(TINY_BASE_CONFIG, catsith_cache, train={"device": "auto", "mixed_precision": "auto",
+                                                             "gradient_accumulation_steps": 2, "batch_size": 4},
+                     full={"vae_steps": 2, "vae_batch_size": 4})
+    trainer = FullTrainer(exp, tmp_path)
+    trainer.setup()
+    assert trainer.rt.device.type == "cuda" and trainer.rt.dtype in (torch.bfloat16, torch.float16)
+    before = _all_weights(trainer)
+    metrics = trainer.train(4, _quiet)  # both phases
+    assert trainer.step == 4 and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    after = _all_weights(trainer)
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in after.values())
+    assert any(not torch.equal(before[k], v) for k, v in after.items() if k.startswith("unet."))
+
+
+# ---- held-out evaluation -----------------------------------------------------------------------
+def _rows(images: torch.Tensor) -> set[bytes]:
+    """Each sprite's pixels as bytes (uint8 RGBA), to compare sets of images exactly."""
+    return {(image * 255).round().byte().numpy().tobytes() for image in images}
+
+
+def _diffusion_experiment(trainer: str, base: Path, cache: Path, **overrides: Any) -> Experiment:
+    if trainer == "full":
+        return experiment(TINY_BASE_CONFIG, cache, train={"batch_size": 8},
+                          full={"vae_steps": 2, "vae_batch_size": 8}, **overrides)
+    return lora_experiment(base, cache, **overrides)
+
+
+@pytest.mark.parametrize("trainer,overrides", [
+    ("lora", {}),  # cached latents
+    ("lora", {"data": {"cache_latents": False}}),  # encodes every batch
+    ("full", {}),  # VAE phase, latent cache, UNet phase
+], ids=["lora-cached", "lora-uncached", "full"])
+def test_no_heldout_sprite_is_trained_on(trainer: str, overrides: dict[str, Any], tiny_base: Path,
+                                         catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sprite a trainer turns into VAE input while training (what it learns from: batches,
+    latent caches) is a training-split sprite; none of a held-out entity."""
+    from catsith_sweep.trainers import diffusion as D
+
+    seen: list[torch.Tensor] = []
+    real_pixels = D.to_vae_pixels
+
+    def spy(images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(images.detach().clone())
+        return real_pixels(images, *args, **kwargs)
+
+    monkeypatch.setattr(D, "to_vae_pixels", spy)
+    exp = _diffusion_experiment(trainer, tiny_base, catsith_cache, **overrides)
+    trained: Any = make_trainer(exp, tmp_path)
+    trained.setup()
+    trained.train(4, _quiet)
+    split, images = trained.split, trained.dataset.images
+    heldout, train = _rows(images[split.heldout]), _rows(images[split.train])
+    assert len(split.heldout) == 17 and not heldout & train  # distinct designs: the check can fail
+    drawn = _rows(torch.cat(seen))
+    assert drawn and not drawn & heldout
+    assert drawn <= train
+    if trainer == "full" or not overrides:  # a latent cache encodes the whole training split
+        assert drawn == train
+
+
+def test_lora_evaluation_scores_heldout_sprites_with_a_net_that_never_saw_them(
+        tiny_base: Path, catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from catsith_sweep.metrics import scores
+    from catsith_sweep.models import sprite_net as sprite_net_module
+
+    calls: dict[str, Any] = {}
+    real_metrics, real_kind, real_net = (scores.compute_image_metrics, scores.kind_accuracy,
+                                         sprite_net_module.sprite_net_for_dataset)
+
+    def metrics_spy(real: torch.Tensor, fake: torch.Tensor, **kwargs: Any) -> dict[str, float]:
+        calls["real"], calls["fake"] = real, fake
+        return real_metrics(real, fake, **kwargs)
+
+    def kind_spy(net: Any, fake: torch.Tensor, labels: torch.Tensor) -> float:
+        calls["kinds"] = labels
+        return real_kind(net, fake, labels)
+
+    def net_spy(*args: Any, train_indices: Any = None, **kwargs: Any) -> Any:
+        calls["net_indices"] = list(train_indices) if train_indices is not None else None
+        calls["net"] = real_net(*args, train_indices=train_indices, **kwargs)
+        return calls["net"]
+
+    monkeypatch.setattr(scores, "compute_image_metrics", metrics_spy)
+    monkeypatch.setattr(scores, "kind_accuracy", kind_spy)
+    monkeypatch.setattr(sprite_net_module, "sprite_net_for_dataset", net_spy)
+    trainer = LoraTrainer(lora_experiment(tiny_base, catsith_cache), tmp_path)
+    trainer.setup()
+    evaluation = trainer.evaluate(tmp_path / "eval")
+    split, dataset = trainer.split, trainer.dataset
+
+    # The reference set is exactly the held-out sprites; the samples are drawn for held-out captions.
+    assert torch.equal(calls["real"], dataset.images[split.heldout]) and len(calls["real"]) == 17
+    assert len(calls["fake"]) == trainer.exp.eval.num_metric_samples
+    heldout_kinds = sorted({int(dataset.kinds[i]) for i in split.heldout})
+    assert set(calls["kinds"].tolist()) <= set(heldout_kinds)
+    # The sprite net was trained on the training split only (its cache entry names that split).
+    assert calls["net_indices"] == split.train
+    net = calls["net"]
+    names = [dataset.names[i] for i in split.train]
+    assert net.config.training["training_set"] == sprite_net_module.training_set_key(names)
+    assert net.config.training["images"] == len(split.train)
+    assert set(evaluation.metrics) == {m for m in LoraTrainer.surface.metric_names(trainer.exp)
+                                       if m not in ("loss", "lr")}
+
+
+def test_a_split_too_small_to_measure_is_refused_at_setup(catsith_cache: Path, tmp_path: Path) -> None:
+    """Refused (exit 2: a DatasetError), naming the numbers, before any model is loaded (the LoRA
+    experiment's base does not even exist)."""
+    from catsith_sweep.errors import DatasetError
+
+    for trainer in ("lora", "full", "vae"):
+        exp = _any_experiment(trainer, catsith_cache, data={"val_fraction": 0.0})
+        with pytest.raises(DatasetError, match="holds out 0 of 19 entities, 0 of 61 images; held-out metrics "
+                                               "need at least 8"):
+            make_trainer(exp, tmp_path).setup()

@@ -1,6 +1,6 @@
 """The SpriteVAE trainer on a real tiny model (no mocks): exact checkpoint resume (BatchNorm statistics
 and the entity-grouped data order included), the plain trial loop with its metrics, grid and checked
-ONNX export, non-finite losses, export formats and step budgets."""
+ONNX export, non-finite losses and epoch budgets (export formats: tests/test_trainers.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from catsith_sweep.config.schema import Experiment
-from catsith_sweep.errors import UserInputError
 from catsith_sweep.export import onnx_vae
 from catsith_sweep.trainers import make_trainer
 from catsith_sweep.trainers.base import Report, Trainer, run_trial
+from catsith_sweep.trainers.heldout import split_params
 from catsith_sweep.trainers.vae import VaeTrainer, perceptual_distance
 
 torch.set_num_threads(1)
@@ -103,6 +103,7 @@ def test_run_trial_vae_metrics_grid_and_checked_onnx(catsith_cache: Path, tmp_pa
                     "active_latents", "palette_distance", "palette_distance_prior"):
             assert key in r.metrics and np.isfinite(r.metrics[key]), key
         assert "sprite_fid" not in r.metrics  # no LoRA metric name with another meaning
+        assert set(r.metrics) == set(VaeTrainer.surface.metric_names(exp))  # exactly what it declares
         assert 0 < r.metrics["recon_mse"] < 1 and r.metrics["psnr"] > 0 and r.metrics["kl"] >= 0
         assert 0 <= r.metrics["palette_distance"] <= 1 and 0 <= r.metrics["palette_distance_prior"] <= 1
         samples = r.images["samples"]
@@ -111,6 +112,9 @@ def test_run_trial_vae_metrics_grid_and_checked_onnx(catsith_cache: Path, tmp_pa
         assert samples.parent.name == f"step_{r.step:06d}"
         arrays = load_file(str(samples.with_suffix(".safetensors")))
         assert arrays["images"].shape == arrays["reference"].shape == (8, 4, 64, 64)
+
+    assert reports[0].params == split_params(trainer.split) and not any(r.params for r in reports[1:])
+    assert reports[0].params["split.heldout_images"] == "17"
 
     last = reports[-1]
     assert last.final and final.step == 4 and last.metrics == evals[-1].metrics
@@ -178,13 +182,64 @@ def test_perceptual_distance_is_the_metric_with_gradients(catsith_cache: Path, t
     assert not any(p.requires_grad for p in net.parameters())
 
 
-def test_export_formats_and_epochs(catsith_cache: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="do not apply to the vae trainer"):
-        VaeTrainer(vae_experiment(catsith_cache, export={"formats": ["peft_safetensors"]}), tmp_path).setup()
-    exp = vae_experiment(catsith_cache, train={"max_steps": None, "epochs": 2, "gradient_accumulation_steps": 2})
+def test_epoch_budget_is_what_the_sweep_plans(catsith_cache: Path, tmp_path: Path) -> None:
+    """An epoch budget counts entity-grouped batches of the train split, 2 to a step: the sweep's plan
+    (before any trial) is what the trial takes and reports."""
+    from catsith_sweep.trainers import planned_budget
+
+    exp = vae_experiment(catsith_cache, train={"max_steps": None, "epochs": 2, "gradient_accumulation_steps": 2},
+                         eval={"every_n_steps": 3})
+    steps, evaluations = planned_budget(exp)
+    reports: list[Report] = []
     trainer = VaeTrainer(exp, tmp_path)
-    trainer.setup()
-    assert trainer.total_steps() == -(-len(trainer.sampler) // 2) * 2
+    run_trial(trainer, exp, tmp_path, reports.append)
+    assert trainer.step == trainer.total_steps() == steps == -(-len(trainer.sampler) // 2) * 2
+    evals = [r for r in reports if r.checkpoint is not None]
+    assert len(evals) == evaluations == -(-steps // 3) and evals[-1].step == steps
     assert set(trainer.train_indices).isdisjoint(trainer.eval_indices)
     entities = [trainer.dataset.entities[i] for i in trainer.eval_indices]
     assert not set(entities) & {trainer.dataset.entities[i] for i in trainer.train_indices}  # held-out entities
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {(image * 255).round().byte().numpy().tobytes() for image in images}
+
+
+def test_vae_trains_on_the_training_split_and_scores_the_heldout_one(
+        catsith_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image the encoder sees while training is a training-split sprite (an epoch covers them
+    all), the perceptual/metric sprite net trained on that split only, and every metric's reference
+    set is the held-out sprites (split by data.split_seed, not train.seed)."""
+    from catsith_sweep.metrics import scores
+    from catsith_sweep.models.sprite_net import training_set_key
+
+    exp = vae_experiment(catsith_cache, train={"seed": 3}, vae={"perceptual_weight": 1.0})
+    trainer = VaeTrainer(exp, tmp_path)
+    trainer.setup()
+    split, images = trainer.split, trainer.dataset.images
+    assert split.seed == 0 and trainer.eval_indices == split.heldout and trainer.train_indices == split.train
+    heldout, train = _rows(images[split.heldout]), _rows(images[split.train])
+    assert len(split.heldout) == 17 and not heldout & train  # distinct designs: the check can fail
+
+    seen: list[torch.Tensor] = []
+    hook = trainer.model.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    trainer.train(len(trainer.sampler), _quiet)  # one epoch
+    hook.remove()
+    assert _rows(torch.cat(seen)) == train
+
+    net = trainer.sprite_net()
+    assert net.config.training["training_set"] == training_set_key([trainer.dataset.names[i] for i in split.train])
+
+    references: list[torch.Tensor] = []
+    real_metrics = scores.compute_image_metrics
+
+    def spy(real: torch.Tensor, fake: torch.Tensor, **kwargs: Any) -> dict[str, float]:
+        references.append(real)
+        return real_metrics(real, fake, **kwargs)
+
+    monkeypatch.setattr(scores, "compute_image_metrics", spy)
+    evaluation = trainer.evaluate(tmp_path / "eval")
+    (reference,) = references
+    assert torch.equal(reference, images[split.heldout])  # the prior metrics' reference set
+    arrays = load_file(str(evaluation.images["samples"].with_suffix(".safetensors")))
+    assert _rows(arrays["reference"]) <= heldout  # reconstructions are of held-out sprites

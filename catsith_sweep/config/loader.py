@@ -19,8 +19,15 @@ from pydantic import BaseModel, ValidationError
 
 from catsith_sweep.config.schema import TRAINER_NAMES, Experiment
 from catsith_sweep.config.space import Distribution, SearchSpaceFile
-from catsith_sweep.config.yaml_lines import KeyPath, line_of, load_yaml_with_lines
-from catsith_sweep.errors import ConfigError
+from catsith_sweep.config.yaml_lines import (
+    KeyPath,
+    YamlLimitError,
+    describe_yaml_error,
+    line_of,
+    load_yaml_with_lines,
+    parse_bounded_yaml,
+)
+from catsith_sweep.errors import ConfigError, quote, shorten
 
 _DIST_TAGS = {"categorical", "int", "float", "fixed"}
 # Roots a search space may reach into, besides the trainer's own section.
@@ -50,7 +57,12 @@ class _Source:
         for end in range(len(loc), 0, -1):
             text = self.override_locs.get(tuple(loc[:end]))
             if text is not None:
-                return f"command line `{text}`"
+                return f"command line `{shorten(text, limit=80)}`"
+        if (*prefix, *loc) not in self.lines:
+            # A key the YAML does not have, created by an override below it (`nonexistent.key=1`).
+            for override_loc, text in self.override_locs.items():
+                if override_loc[: len(loc)] == tuple(loc):
+                    return f"command line `{shorten(text, limit=80)}`"
         line = line_of(self.lines, (*prefix, *loc))
         return f"{self.path}:{line}" if line else str(self.path)
 
@@ -58,7 +70,8 @@ class _Source:
 def format_loc(loc: KeyPath) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        text = shorten(part)
+        out += f"[{part}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out
 
 
@@ -90,10 +103,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: _Source,
     for text in overrides:
         key, sep, value_text = text.partition("=")
         if not sep or not key.strip():
-            problems.append(f"command line `{text}`: an override must look like key.path=value")
+            problems.append(f"command line `{shorten(text, limit=80)}`: an override must look like key.path=value")
             continue
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
+            value = parse_bounded_yaml(value_text)[0] if value_text.strip() else None
+        except YamlLimitError as exc:  # a bound (duplicate key, .inf, alias bomb): never a plain string
+            problems.append(describe_yaml_error(f"command line `{shorten(text, limit=80)}`", exc))
+            continue
         except yaml.YAMLError:
             value = value_text
         loc = set_dotted(raw, key.strip(), value)
@@ -142,11 +158,11 @@ def _format_validation_error(exc: ValidationError, source: _Source, prefix: KeyP
         loc = _strip_tags(tuple(error["loc"]))
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = f"unknown key `{loc[-1]}`" + _suggest(str(loc[-1]), _allowed_keys(loc[:-1]))
+            message = f"unknown key `{shorten(loc[-1])}`" + _suggest(str(loc[-1]), _allowed_keys(loc[:-1]))
         elif error["type"] == "missing":
             message = "required key is missing"
         elif not isinstance(error.get("input"), dict | list) and "but got" not in message:
-            message += f", but got {error.get('input')!r}"
+            message += f", but got {quote(error.get('input'))}"
         shown = format_loc((*shown_prefix, *loc)) or "(top level)"
         out.append(f"{source.where(loc, prefix)} {shown}: {message}")
     return out
@@ -199,7 +215,17 @@ def resolve_space_file(reference: str, experiment_path: Path) -> Path | None:
         name = f"{reference}.yaml"
         candidates = [here.parent / "search_spaces" / name, here / "search_spaces" / name,
                       Path.cwd() / "search_spaces" / name]
-    return next((c for c in candidates if c.is_file()), None)
+    # exists(), not is_file(): a FIFO or folder named like the space is reported by the reader, not
+    # hidden behind "no search-space file".
+    return next((c for c in candidates if _exists(c)), None)
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, with a name the OS refuses (too long, say) counted as absent."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
@@ -211,43 +237,48 @@ def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
         space_file = resolve_space_file(reference, source.path)
         if space_file is None:
             problems.append(f"{source.where(('search', 'space_file'))} search.space_file: no search-space "
-                            f"file `{reference}` (looked for search_spaces/{reference}.yaml beside and "
+                            f"file `{shorten(reference)}` (looked for search_spaces/NAME.yaml beside and "
                             "above the experiment, and in the working directory)")
         else:
-            file_space = _read_space_file(space_file, experiment.trainer, problems)
-            file_source = _Source(space_file, load_yaml_with_lines(space_file)[1])
+            file_space, file_source = _read_space_file(space_file, experiment.trainer, problems)
             for key, dist in file_space.items():
                 merged[key] = (dist, file_source, ("space", key))
     for key, dist in experiment.search.space.items():
         merged[key] = (dist, source, ("search", "space", key))
     for key, (dist, src, loc) in merged.items():
         for problem in _check_space_key(key, dist, experiment, raw):
-            problems.append(f"{src.where(loc)} search.space.{key}: {problem}")
+            problems.append(f"{src.where(loc)} search.space.{shorten(key)}: {problem}")
     for index, plot in enumerate(experiment.search.plots):
         if plot.x not in merged:
             loc = ("search", "plots", index, "x")
-            problems.append(f"{source.where(loc)} {format_loc(loc)}: `{plot.x}` is not a searched key"
+            problems.append(f"{source.where(loc)} {format_loc(loc)}: `{shorten(plot.x)}` is not a searched key"
                             + _suggest(plot.x, list(merged)))
     return {key: value[0] for key, value in merged.items()}, space_file
 
 
-def _read_space_file(path: Path, trainer: str, problems: list[str]) -> dict[str, Distribution]:
+def _read_space_file(path: Path, trainer: str, problems: list[str]) -> tuple[dict[str, Distribution], _Source]:
+    """The distributions of a search-space file (parsed once), and where its keys are."""
+    source = _Source(path, {})
     try:
-        data, lines = load_yaml_with_lines(path)
+        data, source.lines = load_yaml_with_lines(path)
     except ConfigError as exc:
         problems.extend(exc.problems)
-        return {}
-    source = _Source(path, lines)
+        return {}, source
+    if not isinstance(data, dict):
+        # Not the file's text: a space_file pointing at /etc/passwd must not print it.
+        problems.append(f"{path}:1: a search-space file must be a mapping with a `space` key, but got "
+                        f"{type(data).__name__}")
+        return {}, source
     declared = data.get("trainer") if isinstance(data, dict) else None
     if declared is not None and declared != trainer:
         problems.append(f"{source.where(('trainer',))} trainer: this space is for trainer "
-                        f"`{declared}`, but the experiment's trainer is `{trainer}`")
+                        f"`{shorten(declared)}`, but the experiment's trainer is `{trainer}`")
     try:
         parsed = SearchSpaceFile.model_validate(data)
     except ValidationError as exc:
         problems.extend(_format_validation_error(exc, source, shown_prefix=("search",)))
-        return {}
-    return dict(parsed.space)
+        return {}, source
+    return dict(parsed.space), source
 
 
 def _check_space_key(key: str, dist: Distribution, experiment: Experiment, raw: dict[str, Any]) -> list[str]:
@@ -258,14 +289,14 @@ def _check_space_key(key: str, dist: Distribution, experiment: Experiment, raw: 
                 f"`{experiment.trainer}`"]
     allowed_roots = (*_SEARCHABLE_ROOTS, experiment.trainer)
     if root not in allowed_roots:
-        return [f"cannot search over `{root}`" + _suggest(root, list(allowed_roots))
+        return [f"cannot search over `{shorten(root)}`" + _suggest(root, list(allowed_roots))
                 + f" (searchable sections: {', '.join(allowed_roots)})"]
     model: Any = Experiment
     for depth, part in enumerate(parts):
         if model is None or part not in model.model_fields:
             where = ".".join(parts[:depth]) or "the experiment"
             options = list(model.model_fields) if model is not None else []
-            return [f"`{where}` has no key `{part}`" + _suggest(part, options)]
+            return [f"`{shorten(where)}` has no key `{shorten(part)}`" + _suggest(part, options)]
         model = _field_model(model, part) if depth < len(parts) - 1 else None
     problems = []
     for value in dist.candidate_values():
@@ -278,7 +309,7 @@ def _check_space_key(key: str, dist: Distribution, experiment: Experiment, raw: 
             for error in exc.errors(include_url=False):
                 if tuple(error["loc"])[: len(parts)] == parts:
                     msg = str(error["msg"]).removeprefix("Value error, ")
-                    problems.append(f"value {value!r} is not valid for `{key}`: {msg}")
+                    problems.append(f"value {quote(value)} is not valid for `{shorten(key)}`: {msg}")
     return problems
 
 

@@ -10,18 +10,32 @@ never special-cases a trainer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from catsith_sweep.config.space import Distribution
+from catsith_sweep.config.space import Distribution, check_bool_int
 
 TRAINER_NAMES: tuple[str, ...] = ("lora", "vae", "distill", "full")
 BUILTIN_BASE = "builtin:catsith-tiny"
+# `search.metric` when the experiment names none, for trainers whose main metric is not `sprite_fid`.
+DEFAULT_METRICS: dict[str, str] = {"vae": "sprite_fid_prior"}
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan: no field means "infinite" (`learning_rate: .inf` is a typo or a test of us).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_int_mixups(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic's lax mode reads `rank: true` as 1 and `enabled: 1` as true; refuse both."""
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else check_bool_int(value, field.annotation)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class ModelSection(Section):
@@ -59,13 +73,26 @@ class DataSection(Section):
     """Seed of the synthetic sprite set (used when `path` is empty)."""
     synth_variants: int = Field(3, ge=1, le=20)
     """Designs per entity kind in the synthetic set."""
-    synth_style: Literal["16bit", "handheld"] = "16bit"
+    synth_style: Literal["16bit", "handheld", "neon"] = "16bit"
     """Art style of the synthetic set (see data/synth_styles.py): `16bit` (what the builtin base is
-    trained on) or `handheld` (a four-shade green palette, for a style LoRA on a real base)."""
+    trained on), `handheld` (a four-shade green palette) or `neon` (complementary, saturated colours
+    with one dark violet outline: the look the `lora_style` demo adapts the base to)."""
+    caption_colors: Literal["guide", "measured"] = "guide"
+    """Colour words of the captions the synthetic set is generated with (data/captions.py): `guide`,
+    the guide's rule word for word (the strictly largest channel of base_color: any red-dominant colour
+    is "red", grey-brown asteroids included), or `measured`, the word (grey, brown, orange, purple, ...)
+    for the colour covering most of each design's opaque pixels. Each rule has its own cached set. A
+    dataset at `path` keeps its own caption files: write them with `dataset caption DIR --colors ...`
+    (or `dataset import-sheet ... --colors ...`)."""
     resolution: int = Field(64, ge=8, le=1024)
     """Sprite size in pixels (square). CatSith's sprite preset is 64."""
     val_fraction: float = Field(0.15, ge=0, lt=1)
-    """Share of entities held out for evaluation (split by entity, never by image)."""
+    """Share of entities held out for evaluation, by every trainer (split by entity, never by image;
+    `data.split.split_by_entity`). Selection metrics are computed on the held-out side only; a split
+    with fewer than 8 held-out images is refused."""
+    split_seed: int = 0
+    """Seed of the held-out split. Its own key, not `train.seed`, so every trial of a sweep holds out
+    the same entities even when `train.seed` is searched: keep it fixed within a sweep."""
     augment: AugmentSection = Field(default_factory=AugmentSection)
     cache_latents: bool = True
     """Encode images and captions once and train on the cache (kohya's cache_latents). Ignored while
@@ -160,12 +187,30 @@ class VaeSection(Section):
 
 class DistillSection(Section):
     teacher: str | None = None
-    """Teacher model (default: `model.base`)."""
+    """Teacher model, frozen: `builtin:catsith-tiny`, a local diffusers folder or a hub id, as
+    `model.base`; default: `model.base`."""
     level: Literal["small", "tiny", "micro"] = "tiny"
-    """How many UNet blocks the student drops (the guide's architecture options)."""
+    """How much of the teacher's UNet the student drops (the guide's architecture options; what each
+    level removes is in models/student.py): `small` the mid block (and extra pairs per stage), `tiny`
+    also the outer stage's attention, `micro` also the innermost stage."""
+    task_weight: float = Field(1.0, ge=0)
+    """Weight of MSE(student noise prediction, true noise): the ordinary diffusion loss (BK-SDM's 1.0)."""
     output_weight: float = Field(1.0, ge=0)
+    """Weight of MSE(student noise prediction, teacher's): output-level distillation (the guide's 1.0)."""
     feature_weight: float = Field(0.5, ge=0)
+    """Weight of the summed MSE between matched down/up block outputs of student and teacher (the
+    guide's 0.5)."""
     perceptual_weight: float = Field(0.1, ge=0)
+    """Weight of the MSE between sprite-feature-network features of the images the two predictions
+    imply (decoded x̂0), the guide's perceptual term with the sprite net in place of VGG (0.1)."""
+    normalize_losses: bool = False
+    """Divide each term by its value at the first step (kept in checkpoints), so the weights compare
+    terms of like scale: BK-SDM's feature term otherwise dwarfs the others."""
+    caption_dropout_rate: float = Field(0.1, ge=0, le=1)
+    """Share of training captions replaced by the empty one, so the student also learns the teacher's
+    unconditional prediction that classifier-free guidance uses."""
+    latency_repeats: int = Field(5, ge=1)
+    """Timed sampling runs per model per evaluation (medians of interleaved runs: trainers/latency.py)."""
 
 
 class FullSection(Section):
@@ -200,6 +245,35 @@ class TradeoffPlot(Section):
     log_x: bool = False
 
 
+class BudgetSection(Section):
+    """Limits on a whole sweep; any of them (the first one reached ends it). The sweep starts no trial
+    that its forecast says would not fit in what is left, stops the running ones when a limit is
+    reached (KILLED in MLflow with `catsith.ended_by`, PRUNED in Optuna, their last evaluation's
+    checkpoint kept) and writes the normal summary."""
+
+    wall_minutes: float | None = Field(None, gt=0)
+    """Wall time of the sweep, from `run` preparing its dataset to its summary written."""
+    compute_hours: float | None = Field(None, gt=0)
+    """Trial time times each trial's share: GPU-hours (`resources.gpu` per trial) when trials use GPUs,
+    else CPU-core-hours (`resources.cpu` per trial)."""
+    cost_usd: float | None = Field(None, gt=0)
+    """Dollars: compute hours (as `compute_hours` counts them) times `cost_per_hour`."""
+    cost_per_hour: float | None = Field(None, gt=0)
+    """Dollars per compute hour (per GPU-hour on GPUs, per CPU-core-hour on CPUs), e.g. a rate of the
+    planner's price table (`catsith_sweep/plan/prices.yaml`). Needed by `cost_usd`."""
+
+    @model_validator(mode="after")
+    def _cost_needs_price(self) -> BudgetSection:
+        if self.cost_usd is not None and self.cost_per_hour is None:
+            raise ValueError(f"`cost_usd` ({self.cost_usd}) needs `cost_per_hour`, the dollars per compute "
+                             "hour (GPU-hour, or CPU-core-hour on CPUs), to price the sweep")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        """The limits that are set, by field name."""
+        return {k: v for k, v in self.model_dump().items() if k != "cost_per_hour" and v is not None}
+
+
 class SearchSection(Section):
     space_file: str | None = None
     """A search-space file: a name in `search_spaces/` (e.g. `lora`) or a path relative to the
@@ -207,11 +281,15 @@ class SearchSection(Section):
     space: dict[str, Distribution] = Field(default_factory=dict)
     """Dotted config key -> distribution (categorical, int, float, fixed)."""
     metric: str | list[str] = "sprite_fid"
-    """Metric(s) to optimise, as the trainer reports them."""
+    """Metric(s) to optimise, as the trainer reports them. Default: the trainer's main quality metric
+    (`sprite_fid`; `sprite_fid_prior` for `trainer: vae`, whose samples come from its prior)."""
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
     scheduler: Literal["asha", "median", "none"] = "asha"
-    """Early stopping across trials; needs a single metric."""
+    """Early stopping across trials, judged on one metric (`scheduler_metric`). In a multi-objective
+    sweep a stopped trial is told to Optuna as pruned and never enters the Pareto front (sweep/multi.py)."""
+    scheduler_metric: str | None = None
+    """The objective the scheduler judges trials by; default: the first of `metric`. Must be one of them."""
     grace_period: int = Field(1, ge=1)
     """Evaluations a trial always gets before the scheduler may stop it."""
     reduction_factor: int = Field(2, ge=2)
@@ -225,12 +303,20 @@ class SearchSection(Section):
     plots: list[TradeoffPlot] = Field(default_factory=list)
     """Extra parent-run plots: final metrics of every trial against a searched key (a trade-off view,
     such as reconstruction against prior-sample quality over the VAE's beta)."""
+    budget: BudgetSection | None = None
+    """Limits on the whole sweep (wall time, compute, cost); empty: run every trial."""
 
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
     def modes(self) -> list[str]:
         return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    def scheduler_objective(self) -> tuple[str, str]:
+        """(metric, mode) the early-stopping scheduler judges by: `scheduler_metric`, else the first."""
+        metrics, modes = self.metrics(), self.modes()
+        name = self.scheduler_metric or metrics[0]
+        return name, modes[metrics.index(name)] if name in metrics else modes[0]
 
 
 class ResourcesSection(Section):
@@ -303,6 +389,10 @@ class Experiment(Section):
     def _fill_trainer_section(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("trainer") in TRAINER_NAMES and data.get(data["trainer"]) is None:
             data = {**data, data["trainer"]: {}}
+        default_metric = DEFAULT_METRICS.get(str(data.get("trainer"))) if isinstance(data, dict) else None
+        search = data.get("search") if isinstance(data, dict) else None
+        if default_metric and (search is None or (isinstance(search, dict) and "metric" not in search)):
+            data = {**data, "search": {**(search or {}), "metric": default_metric}}
         return data
 
     @model_validator(mode="after")
@@ -329,10 +419,10 @@ class Experiment(Section):
                 (("search", "mode"), f"one mode per metric must be given, but got {len(metrics)} "
                  f"metrics and {len(modes)} modes")
             )
-        if len(metrics) > 1 and self.search.scheduler != "none":
+        if self.search.scheduler_metric is not None and self.search.scheduler_metric not in metrics:
             problems.append(
-                (("search", "scheduler"), "early-stopping schedulers need a single metric, but got "
-                 f"metric={metrics} with scheduler={self.search.scheduler!r}; use scheduler: none")
+                (("search", "scheduler_metric"), f"must be one of the searched metrics {metrics}, but got "
+                 f"{self.search.scheduler_metric!r}")
             )
         if self.search.sampler == "nsga2" and len(metrics) < 2:
             problems.append((("search", "sampler"), "nsga2 is multi-objective and needs 2+ metrics"))
@@ -348,6 +438,14 @@ class Experiment(Section):
     def trainer_section(self) -> Section:
         section = getattr(self, self.trainer)
         assert section is not None  # filled by _fill_trainer_section
+        return section
+
+    def trainer_config(self, kind: type[SectionT]) -> SectionT:
+        """The chosen trainer's section, typed: `experiment.trainer_config(LoraSection)` in the LoRA
+        trainer (a TypeError when the experiment is for another trainer)."""
+        section = self.trainer_section
+        if not isinstance(section, kind):
+            raise TypeError(f"trainer `{self.trainer}` has a {type(section).__name__}, not a {kind.__name__}")
         return section
 
     @property

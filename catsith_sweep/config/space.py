@@ -12,13 +12,59 @@ The rules are Optuna's, checked here so a bad space fails at `validate` rather t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation: `int | None` -> [int, NoneType]; Annotated unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def check_bool_int(value: Any, annotation: Any) -> Any:
+    """`value` unchanged, or ValueError when it is a bool where only numbers are allowed, or a
+    number where only a bool is (pydantic's lax mode would silently turn one into the other)."""
+    members = _members(annotation)
+    scalars = {m for m in members if isinstance(m, type)}
+    if isinstance(value, bool):
+        if bool not in scalars and scalars & {int, float} and Any not in members:
+            raise ValueError(f"expected a number, but got {str(value).lower()} (a boolean)")
+    elif isinstance(value, int | float):
+        if scalars and scalars <= {bool, type(None)}:
+            raise ValueError(f"expected true or false, but got {value!r} (a number)")
+    elif isinstance(value, list | tuple):
+        for member in members:
+            if get_origin(member) in (list, tuple):
+                elements = [a for a in get_args(member) if a is not Ellipsis]
+                for item in value:
+                    for element in elements:
+                        check_bool_int(item, element)
+    return value
+
+
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_int_mixups(cls, data: Any) -> Any:
+        # A model-level check: pydantic allows no field validator on the `type` discriminator.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if field is not None:
+                    try:
+                        check_bool_int(value, field.annotation)
+                    except ValueError as exc:
+                        raise ValueError(f"`{name}`: {exc}") from None
+        return data
 
     def candidate_values(self) -> list[Any]:
         """Values that stand for the whole range when checking them against the config's types."""

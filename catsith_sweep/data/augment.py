@@ -9,15 +9,18 @@ no flip; the optional flip lives only in `non_directional_pipeline`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import numpy as np
 
 from catsith_sweep.errors import DatasetError
 
+if TYPE_CHECKING:
+    from catsith_sweep.config.schema import AugmentSection
 
-def _colour_transforms(section: Any) -> list[A.BasicTransform]:
+
+def _colour_transforms(section: AugmentSection) -> list[A.BasicTransform]:
     """The guide's ColorJitter + GaussNoise, with the section's values (noise std in [0, 1] units;
     albumentations 2.x's GaussNoise takes std_range as a fraction of the maximum value)."""
     return [
@@ -27,7 +30,7 @@ def _colour_transforms(section: Any) -> list[A.BasicTransform]:
     ]
 
 
-def directional_pipeline(section: Any, extra: Sequence[A.BasicTransform] = ()) -> A.Compose:
+def directional_pipeline(section: AugmentSection, extra: Sequence[A.BasicTransform] = ()) -> A.Compose:
     """RGB-only pipeline for directional sprites: no flip, and any geometric transform is refused."""
     transforms = [*_colour_transforms(section), *extra]
     for t in transforms:
@@ -37,7 +40,7 @@ def directional_pipeline(section: Any, extra: Sequence[A.BasicTransform] = ()) -
     return A.Compose(transforms)
 
 
-def non_directional_pipeline(section: Any) -> tuple[A.Compose, A.Compose]:
+def non_directional_pipeline(section: AugmentSection) -> tuple[A.Compose, A.Compose]:
     """(geometric on RGBA, colour on RGB) for sprites without a direction: the flip is allowed."""
     return A.Compose([A.HorizontalFlip(p=section.hflip_p)]), A.Compose(_colour_transforms(section))
 
@@ -50,7 +53,7 @@ class SpriteAugment:
     never hides in invisible pixels.
     """
 
-    def __init__(self, section: Any, *, seed: int | None = None) -> None:
+    def __init__(self, section: AugmentSection, *, seed: int | None = None) -> None:
         std = tuple(section.noise_std)
         if len(std) != 2 or not 0 <= std[0] <= std[1] <= 1:
             raise DatasetError(f"augment.noise_std {std}: expected (low, high) with 0 <= low <= high <= 1")
@@ -64,7 +67,7 @@ class SpriteAugment:
     def __call__(self, rgba: np.ndarray, *, directions: int) -> np.ndarray:
         if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
             raise DatasetError(f"augment: expected an H x W x 4 uint8 RGBA array, got {rgba.shape} {rgba.dtype}")
-        if not getattr(self.section, "enabled", True):
+        if not self.section.enabled:  # the schema's default (off) is the one default
             return rgba.copy()  # a disabled section is a no-op, whoever built this object
         if directions > 1:
             image, colour = rgba, self.directional

@@ -12,16 +12,23 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from catsith_sweep.errors import DatasetError
+from catsith_sweep.errors import DatasetError, quote
 from catsith_sweep.io import atomic_write_bytes
+from catsith_sweep.user_input import UnreadableFile, read_user_json
 
 METADATA_NAME = "metadata.json"
 IMAGES_DIR = "images"
 CAPTIONS_DIR = "captions"
+MAX_METADATA_BYTES = 16 << 20
 
 # The guide's caption_generator words: the fixed first part and the fixed last parts of a caption.
 DEFAULT_STYLE_PREFIX = "pixel art game sprite, "
 DEFAULT_STYLE_SUFFIX = ", transparent background, 16-bit retro style"
+
+
+def caption_path(root: Path, file_name: str) -> Path:
+    """captions/<file name with .txt>: mirrors images/, subfolders included."""
+    return Path(root) / CAPTIONS_DIR / Path(file_name).with_suffix(".txt")
 
 # Strict ints: a colour written as 0.5 or "64" is a mistake to report, not to coerce.
 Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
@@ -81,7 +88,7 @@ def _describe(error: Any) -> str:
         return f"{METADATA_NAME}: {path}: required {what} is missing"
     if error["type"] == "extra_forbidden":
         return f"{METADATA_NAME}: {path}: unknown key; allowed keys here: {_allowed_keys(tuple(error['loc']))}"
-    return f"{METADATA_NAME}: {path}: {error['msg']} (got {error['input']!r})"
+    return f"{METADATA_NAME}: {path}: {error['msg']} (got {quote(error['input'])})"
 
 
 def parse_metadata(data: Any) -> Metadata:
@@ -96,15 +103,15 @@ def read_metadata_json(root: Path) -> Any:
     """The decoded JSON of `root/metadata.json`; DatasetError when it is missing, unreadable or not JSON."""
     path = Path(root) / METADATA_NAME
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{METADATA_NAME}: missing in {root} (expected the guide's metadata file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_user_json(path, max_bytes=MAX_METADATA_BYTES, what="metadata file")
+    except UnreadableFile as exc:
+        if str(exc) == "file not found":
+            raise DatasetError(f"{METADATA_NAME}: missing in {root} (expected the guide's metadata file)") from None
         raise DatasetError(f"{METADATA_NAME}: cannot read: {exc}") from None
-    try:
-        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{METADATA_NAME}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # bounds: nesting, huge or non-finite numbers, not UTF-8
+        raise DatasetError(f"{METADATA_NAME}: refused: {exc}") from None
 
 
 def load_metadata(root: Path) -> Metadata:

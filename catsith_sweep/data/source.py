@@ -1,13 +1,23 @@
 """Where a trial's sprites come from: the user's dataset folder, or the builtin synthetic set,
-generated once per (seed, variants, size, style) into the cache and reused by every trial."""
+generated once per (seed, variants, size, style, caption colours) into the cache and reused by every trial."""
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 from typing import Any
 
-from catsith_sweep.models.builtin import default_cache_dir
+from catsith_sweep.data.metadata import METADATA_NAME
+from catsith_sweep.io import file_lock
+from catsith_sweep.layout import SYNTH_DIR, cache_root
+
+
+def synth_folder_name(data: Any) -> str:
+    """The cache folder of a `data` section's synthetic set: one per seed, variants, size, style and
+    caption colour rule. The defaults (`16bit`, `guide`) add nothing, so sets cached before those options
+    existed (the builtin base's among them) keep their folder."""
+    style = "" if data.synth_style == "16bit" else f"-{data.synth_style}"
+    colors = "" if data.caption_colors == "guide" else f"-{data.caption_colors}"
+    return f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px{style}{colors}"
 
 
 def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
@@ -16,18 +26,14 @@ def dataset_root(data: Any, cache_dir: Path | None = None) -> Path:
         return Path(data.path)
     from catsith_sweep.data.synth import synth_dataset
 
-    style = "" if data.synth_style == "16bit" else f"-{data.synth_style}"  # 16bit keeps its old folder
-    root = (cache_dir or default_cache_dir()) / "synth" / (
-        f"seed{data.synth_seed}-v{data.synth_variants}-{data.resolution}px{style}")
-    if (root / "metadata.json").is_file():
+    root = cache_root(cache_dir) / SYNTH_DIR / synth_folder_name(data)
+    if (root / METADATA_NAME).is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent trials on one machine: one builds, the others wait and then reuse it.
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "metadata.json").is_file():
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if not (root / METADATA_NAME).is_file():
             synth_dataset(root, seed=data.synth_seed, size=data.resolution, variants=data.synth_variants,
-                          style=data.synth_style)
+                          style=data.synth_style, caption_colors=data.caption_colors)
     return root
 
 

@@ -14,16 +14,13 @@ within about 14 units of the centre, so no rotation clips it and the outline sti
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.captions import write_captions
+from catsith_sweep.data.captions import COLOR_RULES, ColorRule, write_captions
 from catsith_sweep.data.metadata import IMAGES_DIR, Captions, Entity, Metadata, write_metadata
 from catsith_sweep.data.synth_shapes import (
     ACCENT,
@@ -44,6 +41,7 @@ from catsith_sweep.data.synth_shapes import (
 from catsith_sweep.data.synth_styles import SynthStyle, get_style
 from catsith_sweep.data.validate import DatasetReport, validate_dataset
 from catsith_sweep.errors import DatasetError
+from catsith_sweep.io import atomic_path, staged_dir
 
 ACCENTS = ((235, 235, 245), (210, 60, 50), (60, 66, 84), (245, 205, 70))
 
@@ -187,13 +185,13 @@ def _write_category(images: Path, category: str, painters: dict[str, Painter], s
 
 
 def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3,
-                  style: str = "16bit") -> DatasetReport:
+                  style: str = "16bit", caption_colors: ColorRule = "guide") -> DatasetReport:
     """Write the procedural exospace set to `out` (which must not exist, or be an empty folder).
 
     6 ship kinds x `variants` designs x 8 directions, 6 projectile and 7 environment kinds x
-    `variants`, coloured and captioned in `style` (see synth_styles.py). Same arguments give the same
-    bytes. The set is built in a temporary folder beside `out` and renamed into place, so `out` is
-    either complete or absent.
+    `variants`, coloured and captioned in `style` (see synth_styles.py), the captions' colour words by
+    `caption_colors` (captions.COLOR_RULES). Same arguments give the same bytes. The set is built in
+    a temporary folder beside `out` and renamed into place, so `out` is either complete or absent.
     """
     out = Path(out)
     problems = []
@@ -201,6 +199,8 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
         chosen = get_style(style)
     except ValueError as exc:
         problems.append(str(exc))
+    if caption_colors not in COLOR_RULES:
+        problems.append(f"caption colours {caption_colors!r}: expected one of {', '.join(COLOR_RULES)}")
     if variants < 1:
         problems.append(f"variants {variants}: expected at least 1 design per kind")
     try:
@@ -211,23 +211,14 @@ def synth_dataset(out: Path, *, seed: int = 0, size: int = 64, variants: int = 3
         problems.append(f"{out}: already exists and is not an empty folder; choose a new output folder")
     if problems:
         raise DatasetError(problems)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out, replace=False) as tmp:  # `out` is absent or empty, checked above
         (tmp / IMAGES_DIR).mkdir()
         entities = [entity for category, painters in PAINTERS.items()
                     for entity in _write_category(tmp / IMAGES_DIR, category, painters, seed, size, variants, chosen)]
         write_metadata(tmp, Metadata(version="1.0", style=chosen.metadata_style, entities=entities,
                                      captions=Captions(style_suffix=chosen.caption_suffix)))
-        write_captions(tmp)
+        write_captions(tmp, colors=caption_colors)
         validate_dataset(tmp, size=size)  # a bug here must never reach a training run
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return validate_dataset(out, size=size)
 
 
@@ -259,8 +250,5 @@ def contact_sheet(root: Path, out_png: Path, *, columns: int = 8, min_tile: int 
             alpha = big[..., 3:] / 255.0
             rgb = big[..., :3] * alpha + board * (1 - alpha)
             sheet.paste(Image.fromarray(rgb.astype(np.uint8), "RGB"), (gap + c * (tile + gap), gap + r * (tile + gap)))
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        sheet.save(tmp, format="PNG")

@@ -11,11 +11,17 @@ Rules beyond the JSON schema (metadata.py):
   "..", or is a symlink resolving outside images/ is refused.
 - every image is a PNG (signature and a full decode), RGBA, square, and of one size: `size` if
   given, else the first listed image's size; every image has a non-empty captions/<name>.txt.
+
+Bounds, so a hostile or broken dataset is refused rather than exhausting the machine: names hold no
+control characters and fit the file system (255 bytes a component); an image's size is read from its
+PNG header and refused above MAX_SPRITE_SIDE before anything is decoded; files must be regular files
+(a FIFO would block) inside the dataset folder (captions too: a symlinked caption must not read
+another file); `validate_dataset` keeps no decoded pixels, so its memory is that of one image.
 """
 
 from __future__ import annotations
 
-import io
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,18 +30,25 @@ import numpy as np
 from PIL import Image
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.captions import caption_path
 from catsith_sweep.data.metadata import (
     IMAGES_DIR,
     METADATA_NAME,
     Metadata,
+    caption_path,
     parse_metadata,
     raw_listing,
     read_metadata_json,
 )
-from catsith_sweep.errors import DatasetError
+from catsith_sweep.errors import DatasetError, quote, shorten
+from catsith_sweep.user_input import UnreadableFile, open_regular_file, read_user_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_SPRITE_SIDE = 1024  # the largest `data.resolution` a config accepts
+MAX_IMAGE_BYTES = 64 << 20  # a 1024 px RGBA PNG is at most ~4 MiB, even uncompressed
+MAX_CAPTION_BYTES = 64 << 10
+MAX_NAME_BYTES = 255  # per path component, as on every common file system
+MAX_PATH_BYTES = 1024
+_IHDR = struct.Struct(">I4sII")  # chunk length, b"IHDR", width, height
 ALLOWED_DIRECTIONS: dict[str, tuple[int, ...]] = {"vehicle": (8, 1), "projectile": (1,), "environment": (1,)}
 
 
@@ -77,6 +90,12 @@ class CheckedDataset:
 def name_problem(name: str) -> str | None:
     """Why a `files` entry is not a safe .png name relative to images/, or None when it is."""
     path = PurePosixPath(name)
+    if not name.isprintable():
+        return "holds control characters (a NUL byte, a newline, ...); expected a plain file name"
+    if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
+        return f"a path component is over {MAX_NAME_BYTES} bytes; expected names a file system can hold"
+    if len(name.encode("utf-8")) > MAX_PATH_BYTES:
+        return f"over {MAX_PATH_BYTES} bytes; expected a short name relative to images/"
     if "\\" in name or name != name.strip() or not name:
         return "expected a plain file name relative to images/ (no backslashes or surrounding spaces)"
     if path.is_absolute():
@@ -96,15 +115,15 @@ def entity_problems(meta: Metadata) -> list[str]:
     ids = Counter(e.id for e in meta.entities)
     owner: dict[str, str] = {}
     for i, ent in enumerate(meta.entities):
-        where = f"{METADATA_NAME}: entities[{i}] ({ent.id})"
+        where = f"{METADATA_NAME}: entities[{i}] ({shorten(ent.id)})"
         if ids[ent.id] > 1:
-            problems.append(f"{where}.id: duplicate entity id {ent.id!r} ({ids[ent.id]} entities use it)")
+            problems.append(f"{where}.id: duplicate entity id {quote(ent.id)} ({ids[ent.id]} entities use it)")
         kinds = vocab.KINDS_BY_CATEGORY.get(ent.category)
         if kinds is None:
-            problems.append(f"{where}.category: unknown category {ent.category!r}; "
+            problems.append(f"{where}.category: unknown category {quote(ent.category)}; "
                             f"expected one of {', '.join(vocab.CATEGORIES)}")
         elif ent.kind not in kinds:
-            problems.append(f"{where}.kind: unknown {ent.category} kind {ent.kind!r}; "
+            problems.append(f"{where}.kind: unknown {ent.category} kind {quote(ent.kind)}; "
                             f"expected one of {', '.join(kinds)}")
         allowed = ALLOWED_DIRECTIONS.get(ent.category, (1, 8))
         if ent.directions not in allowed:
@@ -116,64 +135,109 @@ def entity_problems(meta: Metadata) -> list[str]:
         for j, name in enumerate(ent.files):
             why = name_problem(name)
             if why:
-                problems.append(f"{where}.files[{j}]: {name!r}: {why}")
+                problems.append(f"{where}.files[{j}]: {quote(name)}: {why}")
             elif name in owner:
-                problems.append(f"{where}.files[{j}]: images/{name} is already listed by entity {owner[name]}")
+                problems.append(f"{where}.files[{j}]: images/{name} is already listed by entity "
+                                f"{shorten(owner[name])}")
             else:
                 owner[name] = ent.id
     return problems
 
 
-def _decode(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Pixels of a PNG, or why it is unusable (missing, not a PNG, corrupt, not RGBA)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}"
-    if not data.startswith(PNG_SIGNATURE):
+def _png_size(head: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) from the first 24 bytes of a PNG (signature and IHDR), or why they are wrong."""
+    if not head.startswith(PNG_SIGNATURE):
         return None, "not a PNG file (bad signature); expected an RGBA PNG"
+    if len(head) < 24:
+        return None, "corrupt PNG (truncated before its IHDR header)"
+    _, chunk, width, height = _IHDR.unpack(head[8:24])
+    if chunk != b"IHDR":
+        return None, "corrupt PNG (its first chunk is not IHDR)"
+    return (width, height), None
+
+
+def _decode(path: Path, keep_pixels: bool) -> tuple[tuple[int, int] | None, np.ndarray | None, str | None]:
+    """(size, pixels, why unusable) of one PNG. The size comes from the header, and an image over
+    MAX_SPRITE_SIDE is refused before decoding (a 12000 px PNG would need 0.5 GB decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode = img.mode
-            pixels = np.asarray(img).copy() if mode == "RGBA" else None
-    except Exception as exc:  # PIL raises many types for truncated or corrupt data
-        return None, f"corrupt PNG ({type(exc).__name__}: {exc})"
-    if pixels is None:
-        return None, f"mode {mode}; expected RGBA (8-bit with an alpha channel)"
-    return pixels, None
+        handle = open_regular_file(path, max_bytes=MAX_IMAGE_BYTES, what="PNG image")
+    except UnreadableFile as exc:
+        return None, None, str(exc)
+    with handle:
+        size, why = _png_size(handle.read(24))
+        if size is None:
+            return None, None, why
+        if max(size) > MAX_SPRITE_SIDE:
+            return None, None, (f"{size[0]}x{size[1]} px; sprites are at most {MAX_SPRITE_SIDE}x{MAX_SPRITE_SIDE} "
+                                "(not decoded)")
+        handle.seek(0)
+        try:
+            with Image.open(handle, formats=["PNG"]) as img:
+                mode = img.mode
+                if mode != "RGBA":
+                    return size, None, f"mode {mode}; expected RGBA (8-bit with an alpha channel)"
+                img.load()
+                pixels = np.asarray(img).copy() if keep_pixels else None
+        except Exception as exc:  # PIL raises many types for truncated or corrupt data
+            return size, None, f"corrupt PNG ({type(exc).__name__}: {shorten(exc, limit=100)})"
+    return size, pixels, None
 
 
-def _check_file(root: Path, name: str) -> tuple[np.ndarray | None, str | None, list[str]]:
+@dataclass
+class _CheckedFile:
+    size: tuple[int, int] | None = None
+    pixels: np.ndarray | None = None
+    caption: str | None = None
+    image_ok: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def _outside(root: Path, path: Path) -> str | None:
+    """None when `path` (links followed) stays inside `root`; else what is wrong, for a message."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        return f"cannot be followed ({shorten(exc, limit=100)})"
+    if target.is_relative_to(root.resolve()):
+        return None
+    return f"resolves to {shorten(target, limit=100)}, which leaves the dataset folder"
+
+
+def _check_file(root: Path, name: str, keep_pixels: bool) -> _CheckedFile:
     """Decode one listed image and read its caption, collecting every problem of both."""
-    inside = root.resolve()
     path = root / IMAGES_DIR / name
-    problems: list[str] = []
-    pixels = None
-    if not path.is_file():
-        problems.append(f"images/{name}: missing (listed in {METADATA_NAME})")
-    elif not path.resolve().is_relative_to(inside):
-        problems.append(f"images/{name}: resolves to {path.resolve()}, which leaves the dataset folder")
+    checked = _CheckedFile()
+    outside = _outside(root, path)
+    if not path.exists() and not path.is_symlink():
+        checked.problems.append(f"images/{name}: missing (listed in {METADATA_NAME})")
+    elif outside:
+        checked.problems.append(f"images/{name}: {outside}")
     else:
-        pixels, why = _decode(path)
+        checked.size, checked.pixels, why = _decode(path, keep_pixels)
+        checked.image_ok = why is None
         if why:
-            problems.append(f"images/{name}: {why}")
+            checked.problems.append(f"images/{name}: {why}")
     cap = caption_path(root, name)
     rel = cap.relative_to(root).as_posix()
-    caption = None
-    try:
-        caption = cap.read_text(encoding="utf-8").strip()
-        if not caption:
-            problems.append(f"{rel}: empty caption; expected text (run `dataset caption` to generate)")
-            caption = None
-    except FileNotFoundError:
-        problems.append(f"{rel}: missing caption for images/{name} (run `dataset caption` to generate)")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{rel}: cannot read: {exc}")
-    return pixels, caption, problems
+    outside = _outside(root, cap)
+    if not cap.exists() and not cap.is_symlink():
+        checked.problems.append(f"{rel}: missing caption for images/{name} (run `dataset caption` to generate)")
+    elif outside:
+        checked.problems.append(f"{rel}: {outside}; a caption must be a file inside it")
+    else:
+        try:
+            caption = read_user_bytes(cap, max_bytes=MAX_CAPTION_BYTES, what="caption").decode("utf-8").strip()
+        except (UnreadableFile, UnicodeDecodeError) as exc:
+            checked.problems.append(f"{rel}: cannot read: {shorten(exc, limit=120)}")
+        else:
+            if caption:
+                checked.caption = caption
+            else:
+                checked.problems.append(f"{rel}: empty caption; expected text (run `dataset caption` to generate)")
+    return checked
 
 
-def _size_problems(sprites: list[tuple[str, np.ndarray]], size: int | None) -> tuple[int, list[str]]:
+def _size_problems(sizes: list[tuple[str, tuple[int, int]]], size: int | None) -> tuple[int, list[str]]:
     """Every image square and of one size; returns the expected size and the problems.
 
     Images that share one wrong size are reported on one line (a whole 64 px set checked against 32
@@ -181,13 +245,12 @@ def _size_problems(sprites: list[tuple[str, np.ndarray]], size: int | None) -> t
     if size is not None and size < 1:
         return size, [f"size {size}: expected a positive sprite size"]
     if size is None:
-        size = sprites[0][1].shape[1] if sprites else 0
-        source = f"the first image's width, images/{sprites[0][0]}" if sprites else ""
+        size = sizes[0][1][0] if sizes else 0
+        source = f"the first image's width, images/{sizes[0][0]}" if sizes else ""
     else:
         source = "the requested size"
     wrong: dict[tuple[int, int], list[str]] = {}
-    for name, pixels in sprites:
-        h, w = pixels.shape[:2]
+    for name, (w, h) in sizes:
         if (w, h) != (size, size):
             wrong.setdefault((w, h), []).append(f"images/{name}")
     problems = []
@@ -208,8 +271,8 @@ def _extra_files(root: Path, listed: set[str]) -> list[str]:
         rel = path.relative_to(images).as_posix()
         if any(part.startswith(".") for part in PurePosixPath(rel).parts):
             continue  # .DS_Store, editor backups: not sprites
-        if path.is_file() and rel not in listed:
-            extra.append(f"images/{rel}: not listed in any entity's files in {METADATA_NAME}")
+        if not path.is_dir() and rel not in listed:
+            extra.append(f"images/{shorten(rel, limit=120)}: not listed in any entity's files in {METADATA_NAME}")
     return extra
 
 
@@ -228,8 +291,9 @@ def _read(root: Path) -> tuple[Metadata | None, list[tuple[int, int, str]] | Non
     return meta, listing, entity_problems(meta)
 
 
-def inspect_dataset(root: Path, size: int | None = None) -> CheckedDataset:
-    """Validate and decode a dataset; DatasetError lists every problem found."""
+def inspect_dataset(root: Path, size: int | None = None, *, keep_pixels: bool = True) -> CheckedDataset:
+    """Validate and decode a dataset; DatasetError lists every problem found. With keep_pixels=False
+    the sprites list is empty and memory stays that of one image (what `validate_dataset` needs)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected a dataset in the guide's layout")
@@ -237,33 +301,36 @@ def inspect_dataset(root: Path, size: int | None = None) -> CheckedDataset:
     if not (root / IMAGES_DIR).is_dir():
         problems.append(f"{IMAGES_DIR}/: missing folder in {root}")
     sprites: list[Sprite] = []
-    decoded: list[tuple[str, np.ndarray]] = []
+    sizes: list[tuple[str, tuple[int, int]]] = []
     listed: set[str] = set()
+    usable = 0
     for e, j, name in listing or []:
         why = name_problem(name)
         if why or name in listed:
             if why and meta is None:  # with valid metadata, entity_problems has reported it
-                problems.append(f"{METADATA_NAME}: entities[{e}].files[{j}]: {name!r}: {why}")
+                problems.append(f"{METADATA_NAME}: entities[{e}].files[{j}]: {quote(name)}: {why}")
             continue
         listed.add(name)
-        pixels, caption, file_problems = _check_file(root, name)
-        problems += file_problems
-        if pixels is not None:
-            decoded.append((name, pixels))
-            if caption is not None:
-                sprites.append(Sprite(e, j, name, pixels, caption))
-    size, more = _size_problems(decoded, size)
+        checked = _check_file(root, name, keep_pixels)
+        problems += checked.problems
+        if checked.image_ok and checked.size is not None:
+            sizes.append((name, checked.size))
+            if checked.caption is not None:
+                usable += 1
+                if checked.pixels is not None:
+                    sprites.append(Sprite(e, j, name, checked.pixels, checked.caption))
+    size, more = _size_problems(sizes, size)
     problems += more
     if listing is not None and (root / IMAGES_DIR).is_dir():
         problems += _extra_files(root, listed)
     if problems or meta is None:
         raise DatasetError(problems, title=f"dataset {root}: {len(problems)} problem(s)")
     categories = Counter(ent.category for ent in meta.entities)
-    report = DatasetReport(root, len(sprites), len(meta.entities), size,
+    report = DatasetReport(root, usable, len(meta.entities), size,
                            {c: categories[c] for c in vocab.CATEGORIES if categories[c]})
     return CheckedDataset(report, meta, sprites)
 
 
 def validate_dataset(root: Path, size: int | None = None) -> DatasetReport:
     """Check a dataset folder; DatasetError lists every problem (one line each, file and rule)."""
-    return inspect_dataset(root, size).report
+    return inspect_dataset(root, size, keep_pixels=False).report

@@ -12,8 +12,7 @@ beyond the tolerance is an OnnxExportError and no file is left in place.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from catsith_sweep.io import atomic_path
+from catsith_sweep.layout import VAE_DECODER_ONNX, VAE_ENCODER_ONNX
 from catsith_sweep.models.sprite_vae import SpriteVAE
 
-ENCODER_FILE = "sprite_vae_encoder.onnx"
-DECODER_FILE = "sprite_vae_decoder.onnx"
 OPSET_VERSION = 17
 DEFAULT_TOLERANCE = 1e-4
 TRACE_BATCH = 2  # traced at 2, checked at CHECK_BATCH: a batch size baked into the graph fails the check
@@ -116,12 +115,6 @@ def _export_checked(
     return check_onnx_against_torch(module, tmp, check_input, tolerance=tolerance)
 
 
-def _temp_beside(final: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def export_sprite_vae_onnx(
     vae: SpriteVAE, out_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0
 ) -> OnnxVaeExport:
@@ -133,17 +126,18 @@ def export_sprite_vae_onnx(
     renamed into place, so a failed export never leaves a new encoder beside an old decoder.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     device = next(vae.parameters()).device
     n = TRACE_BATCH + CHECK_BATCH
     images = torch.rand(n, vae.channels, vae.image_size, vae.image_size, generator=gen).to(device)
     latents = torch.randn(n, vae.latent_dim, generator=gen).to(device)
-    finals = (out / ENCODER_FILE, out / DECODER_FILE)
-    temps = tuple(_temp_beside(f) for f in finals)
+    finals = (out / VAE_ENCODER_ONNX, out / VAE_DECODER_ONNX)
     was_training = vae.training
     vae.eval()
-    try:
+    # Both temp files are renamed into place only when the block ends, i.e. after both checks passed.
+    with contextlib.ExitStack() as stack:
+        stack.callback(vae.train, was_training)
+        temps = [stack.enter_context(atomic_path(final)) for final in finals]
         enc_diff = _export_checked(
             vae.encoder, images[:TRACE_BATCH], images[TRACE_BATCH:], temps[0],
             ("image", ["mu", "log_var"]), tolerance,
@@ -152,12 +146,6 @@ def export_sprite_vae_onnx(
             vae.decoder, latents[:TRACE_BATCH], latents[TRACE_BATCH:], temps[1],
             ("latent", ["image"]), tolerance,
         )  # fmt: skip
-        for tmp, final in zip(temps, finals, strict=True):
-            os.replace(tmp, final)
-    finally:
-        vae.train(was_training)
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
     return OnnxVaeExport(finals[0], finals[1], enc_diff, dec_diff)
 
 

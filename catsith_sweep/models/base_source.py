@@ -1,13 +1,17 @@
-"""Resolve `model.base` to loaded diffusion parts: builtin (built once and cached), folder, or hub id."""
+"""Resolve `model.base` to loaded diffusion parts: builtin (from the cache), folder, or hub id.
+
+Loading never builds: the builtin base is built by `base build`, or once per sweep before its trials
+(`trainers.prepare`), and loading one that is not built yet is an error saying so.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from pathlib import Path
 
 from catsith_sweep.errors import ModelSourceError
+from catsith_sweep.layout import BASE_PIPELINE_DIR, MODEL_INDEX
 from catsith_sweep.models.builtin import DiffusionParts, builtin_dir, load_parts, parse_builtin
 
 HUB_HOST = "huggingface.co"
@@ -24,46 +28,46 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def pipeline_folder(folder: Path) -> Path | None:
+    """The diffusers pipeline of `folder`: the folder itself, or the `diffusers/` that `base build`
+    writes beside its config and samples; None when neither holds a model_index.json."""
+    for candidate in (folder, folder / BASE_PIPELINE_DIR):
+        if (candidate / MODEL_INDEX).is_file():
+            return candidate
+    return None
+
+
 def base_location(base: str, cache_dir: Path | None) -> Path | str:
     """Folder (builtin or local) or hub id for `model.base`, without loading anything."""
     name = parse_builtin(base)
     if name is not None:
-        return builtin_dir(name, cache_dir) / "diffusers"
+        return builtin_dir(name, cache_dir) / BASE_PIPELINE_DIR
     local = Path(base).expanduser()
     if local.exists() or base.startswith((".", "/", "~")) or base.count("/") != 1:
-        if not (local / "model_index.json").is_file():
-            raise ModelSourceError(f"model.base: {base!r} is not a diffusers model folder "
-                                   "(no model_index.json); give a folder, a hub id or builtin:catsith-tiny")
-        return local
+        pipeline = pipeline_folder(local)
+        if pipeline is None:
+            raise ModelSourceError(
+                f"model.base: {base!r} is not a diffusers model folder (no {MODEL_INDEX} in it or in its "
+                f"{BASE_PIPELINE_DIR}/ folder); give a diffusers folder, a folder `base build --out` wrote, "
+                "a hub id or builtin:catsith-tiny")
+        return pipeline
     return base
 
 
 def builtin_ready(base: str, cache_dir: Path | None) -> bool:
+    """False only for a builtin base that is not built in the cache yet."""
     name = parse_builtin(base)
-    return name is None or (builtin_dir(name, cache_dir) / "diffusers" / "model_index.json").is_file()
-
-
-def ensure_builtin(base: str, cache_dir: Path | None, *, log=print) -> None:
-    """Build the builtin base once (under a lock, so concurrent callers wait for one build)."""
-    name = parse_builtin(base)
-    if name is None or builtin_ready(base, cache_dir):
-        return
-    target = builtin_dir(name, cache_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if builtin_ready(base, cache_dir):
-            return
-        from catsith_sweep.trainers.base_build import build_base
-
-        log(f"building {base} (first use; cached in {target})")
-        build_base(target, cache_dir=cache_dir, log=log)
+    return name is None or (builtin_dir(name, cache_dir) / BASE_PIPELINE_DIR / MODEL_INDEX).is_file()
 
 
 def load_base(base: str, cache_dir: Path | None, revision: str | None = None) -> DiffusionParts:
-    """Load `model.base` (building the builtin one first if needed)."""
-    ensure_builtin(base, cache_dir)
+    """Load `model.base`; a builtin base must have been built (`base build`, or a sweep's preparation)."""
     location = base_location(base, cache_dir)
+    if not builtin_ready(base, cache_dir):
+        raise ModelSourceError(
+            f"model.base: {base!r} is not built yet (no {Path(location) / MODEL_INDEX}); build it with "
+            "`python -m catsith_sweep base build` (about 12 minutes on 2 CPUs), or let `run` build it "
+            "once before its trials")
     if isinstance(location, str) and not hub_reachable():
         try:
             return load_parts(location, revision=revision, local_only=True)

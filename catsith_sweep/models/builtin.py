@@ -16,12 +16,12 @@ or a hub id goes down the same code path as the builtin one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from catsith_sweep.errors import ModelSourceError
+from catsith_sweep.layout import BASES_DIR, default_cache_dir
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_NAMES = ("catsith-tiny",)
@@ -67,18 +67,8 @@ class DiffusionParts:
         return int(self.vae.config.in_channels) == 4
 
 
-def default_cache_dir() -> Path:
-    """Where built bases, synth datasets and sprite networks are cached (`CATSITH_CACHE` overrides)."""
-    env = os.environ.get("CATSITH_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("catsith_sweep"))
-
-
 def builtin_dir(name: str, cache_dir: Path | None) -> Path:
-    return (cache_dir or default_cache_dir()) / "bases" / f"{name}-v{BUILTIN_VERSION}"
+    return (cache_dir or default_cache_dir()) / BASES_DIR / f"{name}-v{BUILTIN_VERSION}"
 
 
 def train_tokenizer(captions: list[str]) -> Any:

@@ -7,21 +7,17 @@ features replace Inception's in FID/KID, its intermediate maps replace AlexNet's
 heads give the sprite-domain scores (does a generated fighter look like a fighter, facing the right way?).
 
 Input decision: three channels, RGBA composited over the game's black background
-(`metrics.images.DEFAULT_BACKGROUND`). Metrics then see what a player sees, FID real/fake inputs have
+(`data.pixels.DEFAULT_BACKGROUND`). Metrics then see what a player sees, FID real/fake inputs have
 the same (N, 3, H, W) form as the official Inception backend, and RGBA callers are composited here.
 The net is saved as safetensors + JSON config (never pickle) and cached per dataset fingerprint.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +28,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from catsith_sweep.data import vocab
-from catsith_sweep.metrics.images import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
+from catsith_sweep.data.pixels import DEFAULT_BACKGROUND, composite_rgba, to_float_images, upscale_nearest
+from catsith_sweep.io import atomic_path, atomic_write_json, file_lock, staged_dir
+from catsith_sweep.layout import SPRITE_NETS_DIR
 
 FORMAT_NAME = "catsith-sprite-net"
 # Bump when the architecture or training recipe changes: cached nets of another recipe are retrained.
@@ -253,7 +251,10 @@ def _fit(net: SpriteNet, x_all: torch.Tensor, labels_all: dict[str, torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     net.train()
-    for _ in range(steps):
+    from catsith_sweep.progress import track  # ~20-80 s on a 2-core CPU: say how long is left
+
+    for _ in track(range(steps), title="training the sprite feature net (first use of this dataset)",
+                   total=steps, unit="steps"):
         idx = torch.randint(0, x_all.shape[0], (min(batch_size, x_all.shape[0]),), generator=gen)
         x = _augment(x_all[idx], gen).to(device)
         loss = _head_losses(net(x), {k: v[idx].to(device) for k, v in labels_all.items()})
@@ -293,26 +294,13 @@ def classify(net: SpriteNet, images: torch.Tensor, *, batch_size: int = 256) -> 
     return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in preds.items()}
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_sprite_net(net: SpriteNet, directory: str | Path) -> Path:
     """Write `model.safetensors` and `config.json` into `directory` (each file atomically)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
-    payload = {"format": FORMAT_NAME, "config": asdict(net.config)}
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    _write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(directory / CONFIG_FILE, {"format": FORMAT_NAME, "config": asdict(net.config)}, sort_keys=True)
     return directory
 
 
@@ -330,21 +318,37 @@ def load_sprite_net(directory: str | Path, *, device: str | torch.device = "cpu"
     return net.to(device).eval()
 
 
-def _load_labelled(dataset_root: Path) -> tuple[torch.Tensor, ...]:
-    """(images, categories, kinds, directions) of every sprite of a dataset, unaugmented."""
-    # Imported here so models/ loads without the dataset reader and its image dependencies.
-    from catsith_sweep.data.dataset import SpriteDataset
+def _chosen(dataset: Any, train_indices: Sequence[int] | None) -> list[int]:
+    chosen = list(range(len(dataset))) if train_indices is None else [int(i) for i in train_indices]
+    if any(not 0 <= i < len(dataset) for i in chosen):
+        raise ValueError(f"train_indices must lie in 0..{len(dataset) - 1} (the dataset's sprites)")
+    if len(chosen) < 2:
+        raise ValueError(f"dataset {dataset.root}: {len(chosen)} training sprites; the sprite net needs two")
+    return chosen
 
-    dataset = SpriteDataset(dataset_root)
-    if len(dataset) < 2:
-        raise ValueError(f"dataset {dataset_root} has {len(dataset)} sprites; the sprite net needs two")
+
+def _labelled(dataset: Any, train_indices: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
+    """(images, categories, kinds, directions) of the training sprites of a dataset, unaugmented:
+    those at `train_indices` (dataset order), or every sprite when None."""
+    chosen = _chosen(dataset, train_indices)
     labels = []
     for key, attribute in (("category", "categories"), ("kind", "kinds"), ("direction", "directions")):
         values = getattr(dataset, attribute, None)
         if values is None:  # a reader without label arrays: read them item by item
             values = [int(dataset[i][key]) for i in range(len(dataset))]
-        labels.append(torch.as_tensor(values).long())
-    return (torch.as_tensor(dataset.images), *labels)
+        labels.append(torch.as_tensor(values).long()[chosen])
+    return (torch.as_tensor(dataset.images)[chosen], *labels)
+
+
+def training_set_key(names: Sequence[str] | None) -> str:
+    """The cache-key part naming which images a net trained on: "" for every image of the dataset
+    (the key of nets cached before splits existed), else "-train-" + a digest of the sorted names."""
+    if names is None:
+        return ""
+    import blake3
+
+    digest = blake3.blake3("\n".join(sorted(names)).encode("utf-8")).hexdigest()[:16]
+    return f"-train-{digest}"
 
 
 def _usable_cache(directory: Path) -> SpriteNet | None:
@@ -361,51 +365,46 @@ def _usable_cache(directory: Path) -> SpriteNet | None:
     return net
 
 
-def _discard(directory: Path) -> None:
-    """Remove a stale cache entry: rename it aside first so no reader sees it half-deleted."""
-    trash = directory.with_name(f".old-{directory.name}-{uuid.uuid4().hex}")
-    try:
-        os.replace(directory, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def sprite_net_for_dataset(
     dataset_root: str | Path,
     cache_dir: str | Path,
     *,
+    train_indices: Sequence[int] | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> SpriteNet:
-    """The sprite net of a dataset, trained once per dataset fingerprint and cached.
+    """The sprite net of a dataset, trained once per (dataset fingerprint, training images) and cached.
 
-    The entry is `cache_dir/sprite_nets/<fingerprint>/` (`data.dataset.fingerprint`: any change to the
-    dataset trains a new net). Concurrent trials on one machine serialise on a lock file, so one trains
-    and the others load its net; the net is written to a temporary directory and renamed into place,
-    so a crash never leaves half a net behind. A stale entry (older recipe, other vocabulary,
-    unreadable) is replaced.
+    `train_indices` (the training side of `data.split.split_by_entity`) are the only sprites it trains
+    on and standardises its features with, so metrics on the held-out side score designs it never saw;
+    None trains on every sprite. The entry is `cache_dir/sprite_nets/<fingerprint><training_set_key>/`
+    (`data.dataset.fingerprint`: any change to the dataset trains a new net; another split another
+    one). Concurrent trials on one machine serialise on a lock file, so one trains and the others load
+    its net; the net is written to a temporary directory and renamed into place, so a crash never
+    leaves half a net behind. A stale entry (older recipe, other vocabulary, unreadable) is replaced.
     """
-    from catsith_sweep.data.dataset import fingerprint
+    # Imported here so models/ loads without the dataset reader and its image dependencies.
+    from catsith_sweep.data.dataset import SpriteDataset, fingerprint
 
     dataset_root = Path(dataset_root)
-    nets = Path(cache_dir) / "sprite_nets"
-    final = nets / fingerprint(dataset_root)
+    dataset, names = None, None
+    if train_indices is not None:  # the key needs the names: read the dataset once, now
+        dataset = SpriteDataset(dataset_root)
+        names = [dataset.names[i] for i in _chosen(dataset, train_indices)]
+    nets = Path(cache_dir) / SPRITE_NETS_DIR
+    final = nets / f"{fingerprint(dataset_root)}{training_set_key(names)}"
     cached = _usable_cache(final)
     if cached is not None:
         return cached.to(device)
-    nets.mkdir(parents=True, exist_ok=True)
-    with open(nets / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(nets / f".{final.name}.lock"):
         cached = _usable_cache(final)  # another trial may have trained it while we waited
         if cached is not None:
             return cached.to(device)
-        images, cats, kinds, dirs = _load_labelled(dataset_root)
+        images, cats, kinds, dirs = _labelled(dataset or SpriteDataset(dataset_root), train_indices)
         net = train_sprite_net(images, cats, kinds, dirs, steps=steps, seed=seed, device=device)
-        tmp = nets / f".tmp-{final.name}-{uuid.uuid4().hex}"
-        save_sprite_net(net, tmp)
-        if final.exists():
-            _discard(final)
-        os.rename(tmp, final)
+        training = {**net.config.training, "images": len(images), "training_set": training_set_key(names) or "all"}
+        net.config = SpriteNetConfig(**{**asdict(net.config), "training": training})
+        with staged_dir(final) as staging:  # replaces a stale entry in one rename
+            save_sprite_net(net, staging)
     return net

@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from catsith_sweep import tracking
 from catsith_sweep.config.schema import PromoteSection
 from catsith_sweep.promote.lora import (
     PromoteSettings,
@@ -21,10 +20,11 @@ from catsith_sweep.promote.lora import (
     resolve_settings,
     write_lora_package,
 )
-from catsith_sweep.promote.model_registry import VersionResult, register_run, registry_client, version_tags
 from catsith_sweep.promote.select import Choice
 from catsith_sweep.registry import PackageResult
 from catsith_sweep.registry.manifest import hash_hex
+from catsith_sweep.tracking import tags
+from catsith_sweep.tracking.model_registry import VersionResult, register_run, version_tags
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,12 @@ def _describe(files: TrialFiles, settings: PromoteSettings, choice: Choice) -> t
 
 
 def _package_tags(choice: Choice, package: PackageResult) -> dict[str, str]:
-    return {
-        tracking.TAG_SWEEP: choice.sweep_id,
-        tracking.TAG_TRIAL: choice.trial,
-        "catsith.metric": f"{choice.metric} ({choice.mode})",
-        "catsith.package_hash": hash_hex(package.manifest.hash),
-        "catsith.package_path": str(package.path),
-        "catsith.package_slug": package.slug,
-        "catsith.package_name": package.manifest.name,
-    }
+    return version_tags(choice.row, choice.sweep_id, choice.metric, choice.mode, {
+        tags.PACKAGE_HASH: hash_hex(package.manifest.hash),
+        tags.PACKAGE_PATH: str(package.path),
+        tags.PACKAGE_SLUG: package.slug,
+        tags.PACKAGE_NAME: package.manifest.name,
+    })
 
 
 def promote_choice(uri: str, experiment_name: str, choice: Choice, flags: Flags) -> PromoteOutcome:
@@ -90,7 +87,8 @@ def promote_choice(uri: str, experiment_name: str, choice: Choice, flags: Flags)
         settings = replace(settings, name=name)
         description, preview = _describe(files, settings, choice)
         package = write_lora_package(files, settings, description=description, preview_description=preview)
-    tags = version_tags(choice.run.data.metrics, _package_tags(choice, package))
-    version = register_run(registry_client(uri), flags.name or experiment_name, choice.run, tags, description)
+    model = flags.name or experiment_name
+    version = register_run(uri, model, choice.row, _package_tags(choice, package), description, kind="lora",
+                           model_description=f"LoRA champions of the catsith_sweep experiment `{experiment_name}`")
     notes = [*files.notes, *([renamed] if renamed else []), *package.warnings]
     return PromoteOutcome(choice, settings, package, version, notes)

@@ -21,7 +21,6 @@ stays reachable, and the game keeps loading the one it names until it is pointed
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +41,10 @@ from catsith_sweep.registry import (
     write_package,
 )
 from catsith_sweep.registry.manifest import hash_hex
-from catsith_sweep.registry.package import _common_alpha  # the alpha fold write_package applies
+from catsith_sweep.registry.package import common_alpha  # the alpha fold write_package applies
+from catsith_sweep.tracking import artifacts
 
 PEFT_FILE = "pytorch_lora_weights.safetensors"
-CONFIG_FILE = "config.yaml"
-EXPORT_ARTIFACTS = "export"
-PREVIEW_ARTIFACT = "samples/samples.png"
 COMPATIBLE_WITH = (("diffusion_v1", "1"),)
 
 
@@ -127,38 +124,22 @@ class TrialFiles:
         return self.layers[0].alpha
 
 
-def _download(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path | None:
-    """One artifact (file or dir) of a run, or None when the run has no such artifact."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars for KiB files
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=uri
-        )
-    except (MlflowException, OSError):
-        return None
-    path = Path(local)
-    return path if path.exists() else None
-
-
-def _logged_experiment(config: Path, run_id: str) -> Experiment:
+def logged_experiment(config: Path, run_id: str) -> Experiment:
+    """The experiment a trial logged as `export/config.yaml` (UserInputError when unreadable)."""
     try:
         raw: Any = yaml.safe_load(config.read_text(encoding="utf-8"))
         return Experiment.model_validate(raw)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
-        where = f"{EXPORT_ARTIFACTS}/{CONFIG_FILE}"
-        raise UserInputError(f"run {run_id}: its logged {where} is unreadable ({exc})") from exc
+        raise UserInputError(f"run {run_id}: its logged {artifacts.EXPORT_CONFIG} is unreadable ({exc})") from exc
 
 
 def download_trial(uri: str, run_id: str, dst: Path) -> TrialFiles:
     """Fetch a LoRA trial's export and sample grid into `dst` and read its layers."""
-    export = _download(uri, run_id, EXPORT_ARTIFACTS, dst)
-    if export is None or not (export / CONFIG_FILE).is_file():
-        raise UserInputError(f"run {run_id} has no {EXPORT_ARTIFACTS}/{CONFIG_FILE} artifact: it exported nothing "
+    export = artifacts.download(uri, run_id, artifacts.EXPORT_DIR, dst)
+    if export is None or not (export / artifacts.CONFIG_FILE).is_file():
+        raise UserInputError(f"run {run_id} has no {artifacts.EXPORT_CONFIG} artifact: it exported nothing "
                              "(trials log their exports when they finish)")
-    experiment = _logged_experiment(export / CONFIG_FILE, run_id)
+    experiment = logged_experiment(export / artifacts.CONFIG_FILE, run_id)
     if experiment.trainer != "lora":
         raise UserInputError(f"run {run_id} trained a `{experiment.trainer}` model; this command promotes LoRA "
                              "trials (trainer: lora) into the CatSith LoRA registry")
@@ -174,9 +155,9 @@ def download_trial(uri: str, run_id: str, dst: Path) -> TrialFiles:
         layers = load_lora_file(json_files[0])
         peft = save_peft_safetensors(layers, dst / "converted" / PEFT_FILE)
         notes.append(f"the trial exported no {PEFT_FILE}; written from {json_files[0].name}")
-    preview = _download(uri, run_id, PREVIEW_ARTIFACT, dst)
+    preview = artifacts.download(uri, run_id, artifacts.SAMPLES_PNG, dst)
     if preview is None:
-        notes.append(f"the trial logged no {PREVIEW_ARTIFACT}: the package has no preview")
+        notes.append(f"the trial logged no {artifacts.SAMPLES_PNG}: the package has no preview")
     return TrialFiles(experiment, layers, peft, preview, notes)
 
 
@@ -190,7 +171,7 @@ def free_name(registry: Path, name: str, category: Category, layers: list[LoraLa
     for info in list_packages(registry):
         if info.name is not None and info.hash_hex is not None:
             hashes.setdefault(info.name, set()).add(info.hash_hex)
-    weights = encode_weights_bin(_common_alpha(layers)[1])
+    weights = encode_weights_bin(common_alpha(layers)[1])
     candidate, n = name, 1
     while candidate in hashes and hash_hex(package_hash(candidate, category, weights)) not in hashes[candidate]:
         n += 1

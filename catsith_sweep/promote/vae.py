@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catsith_sweep import tracking
 from catsith_sweep.config.schema import Experiment, PromoteSection
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.promote.lora import CONFIG_FILE, EXPORT_ARTIFACTS, _download, _logged_experiment
-from catsith_sweep.promote.model_registry import VersionResult, register_run, registry_client, version_tags
+from catsith_sweep.promote.lora import logged_experiment
 from catsith_sweep.promote.select import Choice
+from catsith_sweep.tracking import TrialRow, artifacts, tags
+from catsith_sweep.tracking.model_registry import VersionResult, register_run, version_tags
 
 ENCODER_FILE = "sprite_vae_encoder.onnx"
 DECODER_FILE = "sprite_vae_decoder.onnx"
@@ -46,17 +46,16 @@ FORMAT_NAME = "catsith-sprite-vae"
 LOCK_FILE = ".sprite_vae.lock"
 
 
-def trial_trainer(uri: str, run: Any) -> str:
+def trial_trainer(uri: str, row: TrialRow) -> str:
     """Which trainer a trial ran: its logged `config.trainer` param, else its exported config.yaml.
     "lora" when neither says (the LoRA path then reports what is missing)."""
-    value = run.data.params.get("config.trainer")
-    if value:
-        return str(value).strip('"')
+    if row.trainer:
+        return row.trainer
     with tempfile.TemporaryDirectory(prefix="catsith_trainer_") as tmp:
-        config = _download(uri, run.info.run_id, f"{EXPORT_ARTIFACTS}/{CONFIG_FILE}", Path(tmp))
+        config = artifacts.download(uri, row.run_id, artifacts.EXPORT_CONFIG, Path(tmp))
         if config is None:
             return "lora"
-        return _logged_experiment(config, run.info.run_id).trainer
+        return logged_experiment(config, row.run_id).trainer
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,11 @@ class VaeTrialFiles:
 
 def download_vae_trial(uri: str, run_id: str, dst: Path) -> VaeTrialFiles:
     """Fetch a VAE trial's export into `dst` and check it is what CatSith runs (UserInputError if not)."""
-    export = _download(uri, run_id, EXPORT_ARTIFACTS, dst)
-    if export is None or not (export / CONFIG_FILE).is_file():
-        raise UserInputError(f"run {run_id} has no {EXPORT_ARTIFACTS}/{CONFIG_FILE} artifact: it exported nothing "
+    export = artifacts.download(uri, run_id, artifacts.EXPORT_DIR, dst)
+    if export is None or not (export / artifacts.CONFIG_FILE).is_file():
+        raise UserInputError(f"run {run_id} has no {artifacts.EXPORT_CONFIG} artifact: it exported nothing "
                              "(trials log their exports when they finish)")
-    experiment = _logged_experiment(export / CONFIG_FILE, run_id)
+    experiment = logged_experiment(export / artifacts.CONFIG_FILE, run_id)
     if experiment.trainer != "vae":
         raise UserInputError(f"run {run_id} trained a `{experiment.trainer}` model, not a SpriteVAE")
     missing = [name for name in (ENCODER_FILE, DECODER_FILE, CHECK_FILE) if not (export / name).is_file()]
@@ -238,24 +237,6 @@ class VaeOutcome:
         return self.models.status == "already_present" and not self.version.created
 
 
-def _ensure_vae_model(c: Any, name: str) -> None:
-    """Create the registered model with the VAE's kind first (register_run's default is a LoRA's)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.get_registered_model(name)
-        return
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-    try:
-        c.create_registered_model(name, description=f"SpriteVAE champions of the catsith_sweep experiment `{name}`",
-                                  tags={"catsith.kind": "sprite_vae"})
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-
-
 def promote_vae(uri: str, experiment_name: str, choice: Choice, *, name: str | None = None,
                 models_dir: Path | None = None, file_section: PromoteSection | None = None) -> VaeOutcome:
     """Write the chosen VAE trial's graphs into the models folder and register it as the champion."""
@@ -269,26 +250,22 @@ def promote_vae(uri: str, experiment_name: str, choice: Choice, *, name: str | N
             "sweep_id": choice.sweep_id,
             "trial": choice.trial,
             "metric": {"name": choice.metric, "mode": choice.mode, "value": value},
-            "metrics": {k: float(v) for k, v in sorted(choice.run.data.metrics.items())},
+            "metrics": {k: float(v) for k, v in sorted(choice.row.metrics.items())},
             "model": files.model_config,
         }
         models = write_models(directory, files, facts)
     digests = models.manifest["sha256"]
-    tags = version_tags(choice.run.data.metrics, {
-        tracking.TAG_SWEEP: choice.sweep_id,
-        tracking.TAG_TRIAL: choice.trial,
-        "catsith.metric": f"{choice.metric} ({choice.mode})",
-        "catsith.models_dir": str(models.directory),
-        "catsith.encoder_sha256": digests[ENCODER_FILE],
-        "catsith.decoder_sha256": digests[DECODER_FILE],
+    version_facts = version_tags(choice.row, choice.sweep_id, choice.metric, choice.mode, {
+        tags.MODELS_DIR: str(models.directory),
+        tags.ENCODER_SHA256: digests[ENCODER_FILE],
+        tags.DECODER_SHA256: digests[DECODER_FILE],
     })
     shown = f"{value:.5g}" if value is not None else "n/a"
     assert files.experiment.vae is not None  # filled for trainer: vae
     beta = files.experiment.vae.beta
     description = (f"SpriteVAE latent_dim {files.latent_dim}, beta {beta:g}; trial {choice.trial} of sweep "
                    f"{choice.sweep_id}, {choice.metric} {shown} ({choice.mode})")
-    client = registry_client(uri)
-    model_name = name or experiment_name
-    _ensure_vae_model(client, model_name)
-    version = register_run(client, model_name, choice.run, tags, description)
+    version = register_run(uri, name or experiment_name, choice.row, version_facts, description, kind="sprite_vae",
+                           model_description=f"SpriteVAE champions of the catsith_sweep experiment "
+                                             f"`{experiment_name}`")
     return VaeOutcome(choice, models, version)

@@ -6,7 +6,7 @@ Atomicity: a package is assembled in `<registry>/.staging/<random>/` (same files
 packages, so a registry scan (sub-directories holding a manifest.json) never picks up a package under
 construction. Any failure removes the staging directory.
 
-Concurrency: the choice of target directory and the rename happen under an exclusive `fcntl.flock` on
+Concurrency: the choice of target directory and the rename happen under an exclusive lock (`io.file_lock`) on
 `<registry>/.staging/.lock`, so two promotions at once cannot pick the same slug. The rename also fails
 on an existing non-empty target, which covers writers that do not take the lock.
 
@@ -20,20 +20,20 @@ already be in use by a game, and the old version stays there to compare against.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.export.lora_formats import LoraLayer
+from catsith_sweep.io import DIR_MODE, atomic_write_bytes, file_lock, publish_dir
 from catsith_sweep.registry.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -91,7 +91,7 @@ def write_package(
     """Promote LoRA `layers` into `<registry_dir>/<slug>/` atomically (see the module docstring)."""
     registry = Path(registry_dir)
     _check_inputs(slug, name, previews, extra_files or {})
-    alpha, layers = _common_alpha(layers)
+    alpha, layers = common_alpha(layers)
     weights = encode_weights_bin(layers)
     if len(weights) > MAX_WEIGHTS_BYTES:
         raise PackageError(f"weights.bin would be {len(weights)} bytes; CatSith refuses more than 1 GiB")
@@ -120,7 +120,7 @@ def write_package(
     tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{slug}."))
     try:
         _fill(tmp, manifest, weights, previews, preview_names, extra_files or {})
-        with _locked(staging):
+        with file_lock(staging / LOCK_NAME):
             return _place(registry, tmp, slug, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
@@ -154,8 +154,9 @@ def _check_inputs(
         raise PackageError(problems, title="cannot write the CatSith package:")
 
 
-def _common_alpha(layers: Sequence[LoraLayer]) -> tuple[float, list[LoraLayer]]:
-    """The manifest holds one alpha: layers with another alpha get it folded into their up projection."""
+def common_alpha(layers: Sequence[LoraLayer]) -> tuple[float, list[LoraLayer]]:
+    """The one alpha a manifest holds, and `layers` rescaled to it: a layer with another alpha gets the
+    ratio folded into its up projection (the same delta). `promote` applies it to name the weights."""
     if not layers:
         raise PackageError("no LoRA layers to package")
     alpha = Counter(layer.alpha for layer in layers).most_common(1)[0][0]
@@ -194,42 +195,13 @@ def _fill(
     extra_files: Mapping[str, str | os.PathLike[str]],
 ) -> None:
     """Write every file of the package into the staging dir; the manifest last, as the completion mark."""
-    _write_synced(tmp / WEIGHTS_NAME, weights)
+    atomic_write_bytes(tmp / WEIGHTS_NAME, weights)
     for (src, _), dst in zip(previews, preview_names, strict=True):
-        _write_synced(tmp / dst, Path(src).read_bytes())
+        atomic_write_bytes(tmp / dst, Path(src).read_bytes())
     for rel, src in extra_files.items():
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_synced(tmp / rel, Path(src).read_bytes())
-    _write_synced(tmp / MANIFEST_NAME, manifest.to_json())
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a registry is read by the game, maybe as another user
-    _fsync_dir(tmp)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/creation inside `path` durable (a crash must not lose a promoted package)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(staging: Path) -> Iterator[None]:
-    """Exclusive registry lock; released when the process dies, so a crash never leaves it stuck."""
-    with open(staging / LOCK_NAME, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        atomic_write_bytes(tmp / rel, Path(src).read_bytes())
+    atomic_write_bytes(tmp / MANIFEST_NAME, manifest.to_json())
+    os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700; a registry is read by the game, maybe as another user
 
 
 def _place(registry: Path, tmp: Path, slug: str, manifest: Manifest) -> PackageResult:
@@ -245,11 +217,10 @@ def _place(registry: Path, tmp: Path, slug: str, manifest: Manifest) -> PackageR
             n += 1
             continue
         try:
-            os.rename(tmp, target)
+            publish_dir(tmp, target)
         except OSError:  # someone without the lock created it meanwhile: try the next name
             n += 1
             continue
-        _fsync_dir(registry)
         status: Status = "written" if n == 1 else "versioned"
         msg = f"wrote package {candidate}" + (f" ({slug} holds a different LoRA)" if n > 1 else "")
         return PackageResult(target, candidate, status, manifest, msg, _shadow_warnings(registry, target, manifest))

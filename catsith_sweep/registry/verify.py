@@ -7,6 +7,11 @@ package hash that does not match, an unparseable weights.bin or one whose rank d
 manifest, a manifest path that leaves the package dir (`..`, absolute, or a symlink pointing out).
 Warnings are what CatSith loads anyway but warns about (empty previews or tags, unknown
 compatible_with names), plus fields serde would silently ignore and names that shadow each other.
+
+Hostile packages are findings, never crashes: a manifest.json that is a symlink out of the package (to
+another package's manifest), a FIFO, over MAX_MANIFEST_BYTES, nested deeper than any real manifest or
+holding NaN or 5,000-digit numbers; paths with NUL bytes; non-finite alpha or weights. Verifying a
+registry checks each package on its own, so one broken package never hides the verdicts on the others.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from catsith_sweep.errors import quote, shorten
 from catsith_sweep.registry.manifest import (
     KNOWN_COMPATIBLE,
     MANIFEST_NAME,
@@ -33,8 +39,10 @@ from catsith_sweep.registry.manifest import (
     unknown_fields,
 )
 from catsith_sweep.registry.weights_bin import WeightsBinError, decode_weights_bin
+from catsith_sweep.user_input import UnreadableFile, loads_bounded_json, read_user_bytes
 
 Severity = Literal["error", "warning"]
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KB; CatSith reads it whole
 
 
 @dataclass(frozen=True)
@@ -64,27 +72,55 @@ def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.is_error for f in findings)
 
 
-def verify_package(pkg_dir: str | os.PathLike[str]) -> list[Finding]:
-    """Every problem of one package directory (empty list: CatSith will load it without a warning)."""
-    pkg = Path(pkg_dir)
-    manifest_path = pkg / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return [_err(f"{MANIFEST_NAME} is missing")]
+def read_manifest(pkg: Path) -> tuple[Manifest, object]:
+    """The parsed manifest of `pkg` and its raw JSON; ValueError (one line, file named) when it cannot
+    be used: missing, a symlink out of the package, not a regular file, too big, not bounded JSON, or
+    not CatSith's schema (a ValidationError, which the caller may format per field)."""
+    path = pkg / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        raise ValueError(f"not a package: {MANIFEST_NAME} is missing")
+    problem = _path_problem(pkg, MANIFEST_NAME)
+    if problem:  # e.g. a link to another package's manifest: this folder would pose as that package
+        raise ValueError(f"{MANIFEST_NAME} {problem}")
     try:
-        raw_bytes = manifest_path.read_bytes()
-        raw = json.loads(raw_bytes)
-        manifest = Manifest.model_validate_json(raw_bytes)
-    except (OSError, ValueError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
+        raw_bytes = read_user_bytes(path, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
+    except UnreadableFile as exc:
+        raise ValueError(f"{MANIFEST_NAME} cannot be read: {exc}") from None
+    try:
+        raw = loads_bounded_json(raw_bytes)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{MANIFEST_NAME} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") \
+            from None
+    except ValueError as exc:
+        raise ValueError(f"{MANIFEST_NAME} refused: {shorten(exc, limit=120)}") from None
+    return Manifest.model_validate_json(raw_bytes), raw
+
+
+def verify_package(pkg_dir: str | os.PathLike[str]) -> list[Finding]:
+    """Every problem of one package directory (empty list: CatSith will load it without a warning).
+    Never raises for a bad package: whatever goes wrong is an error finding."""
+    pkg = Path(pkg_dir)
+    try:
+        return _verify_package(pkg)
+    except Exception as exc:  # a check we did not foresee must not hide the other packages' verdicts
+        return [_err(f"could not be checked ({type(exc).__name__}: {shorten(exc, limit=120)})")]
+
+
+def _verify_package(pkg: Path) -> list[Finding]:
+    try:
+        manifest, raw = read_manifest(pkg)
+    except ValueError as exc:  # ValidationError is a ValueError
         return [_err(line) for line in _manifest_errors(exc)]
     findings = _field_findings(manifest)
-    findings += [_warn(f"{MANIFEST_NAME}: unknown field {name!r} (CatSith ignores it)") for name in unknown_fields(raw)]
+    findings += [_warn(f"{MANIFEST_NAME}: unknown field {quote(name)} (CatSith ignores it)")
+                 for name in unknown_fields(raw)]
     findings += _weights_findings(pkg, manifest)
     for preview in manifest.previews:
         problem = _path_problem(pkg, preview.path)
         if problem:
-            findings.append(_err(f"previews: path {preview.path!r} {problem}"))
+            findings.append(_err(f"previews: path {quote(preview.path)} {problem}"))
         elif not (pkg / preview.path).is_file():
-            findings.append(_warn(f"previews: {preview.path} is missing"))
+            findings.append(_warn(f"previews: {shorten(preview.path)} is missing"))
     return findings
 
 
@@ -94,9 +130,7 @@ def _manifest_errors(exc: Exception) -> list[str]:
         return [
             f"{MANIFEST_NAME}: field {'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
         ]
-    if isinstance(exc, json.JSONDecodeError):
-        return [f"{MANIFEST_NAME} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"]
-    return [f"{MANIFEST_NAME} cannot be read: {exc}"]
+    return [str(exc)]
 
 
 def _field_findings(manifest: Manifest) -> list[Finding]:
@@ -112,6 +146,9 @@ def _field_findings(manifest: Manifest) -> list[Finding]:
         found.append(_err("weights.size_bytes is 0"))
     if manifest.weights.rank == 0:
         found.append(_err("weights.rank is 0"))
+    if not manifest.weights.alpha > 0:  # NaN fails this too
+        found.append(_err(f"weights.alpha is {manifest.weights.alpha}; expected a positive finite number "
+                          "(CatSith scales the weights by alpha / rank)"))
     if not manifest.previews:
         found.append(_warn("no previews"))
     if not manifest.tags:
@@ -119,7 +156,7 @@ def _field_findings(manifest: Manifest) -> list[Finding]:
     for comp in manifest.compatible_with:
         if comp.name not in KNOWN_COMPATIBLE:
             known = ", ".join(sorted(KNOWN_COMPATIBLE))
-            found.append(_warn(f"compatible_with: unknown name {comp.name!r} (CatSith knows {known})"))
+            found.append(_warn(f"compatible_with: unknown name {quote(comp.name)} (CatSith knows {known})"))
     return found
 
 
@@ -127,12 +164,22 @@ def _path_problem(pkg: Path, rel: str) -> str | None:
     """Why a manifest path is unsafe, or None: it must stay inside the package dir, links included."""
     if not rel:
         return "is empty"
+    if not rel.isprintable():
+        return "holds control characters (a NUL byte, a newline, ...); expected a plain relative path"
+    if len(rel.encode("utf-8")) > 1024:
+        return "is over 1024 bytes; expected a short relative path"
+    if any(len(part.encode("utf-8")) > 255 for part in PurePosixPath(rel.replace("\\", "/")).parts):
+        return "has a component over 255 bytes; no file system holds such a name"
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
         return "is absolute; paths must be relative to the package"
     if ".." in PurePosixPath(rel.replace("\\", "/")).parts:  # CatSith may run on Windows: "\" too
         return "contains '..' (path traversal)"
-    if not (pkg / rel).resolve().is_relative_to(pkg.resolve()):
-        return "resolves outside the package (symlink)"
+    try:
+        target = (pkg / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        return f"cannot be resolved ({shorten(exc, limit=80)})"
+    if not target.is_relative_to(pkg.resolve()):
+        return f"resolves outside the package (symlink to {shorten(target, limit=100)})"
     return None
 
 
@@ -143,17 +190,18 @@ def _weights_findings(pkg: Path, manifest: Manifest) -> list[Finding]:
         return []  # already reported
     problem = _path_problem(pkg, ref.path)
     if problem:
-        return [_err(f"weights.path {ref.path!r} {problem}")]
+        return [_err(f"weights.path {quote(ref.path)} {problem}")]
     path = pkg / ref.path
-    if not path.is_file():
-        return [_err(f"weights file {ref.path} is missing")]
-    size = path.stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        return [_err(f"weights file {ref.path} is {size} bytes; CatSith refuses more than 1 GiB")]
+    if not path.exists():
+        return [_err(f"weights file {shorten(ref.path)} is missing")]
+    try:
+        data = read_user_bytes(path, max_bytes=MAX_WEIGHTS_BYTES, what="weights file of at most 1 GiB")
+    except UnreadableFile as exc:
+        return [_err(f"weights file {shorten(ref.path)} {exc}")]
+    size = len(data)
     found = []
     if size != ref.size_bytes:
         found.append(_err(f"weights file {ref.path} is {size} bytes but weights.size_bytes says {ref.size_bytes}"))
-    data = path.read_bytes()
     if blake3_ints(data) != ref.hash:
         found.append(
             _err(
@@ -175,19 +223,30 @@ def _weights_findings(pkg: Path, manifest: Manifest) -> list[Finding]:
     return found
 
 
+def _has_manifest(folder: Path) -> bool:
+    manifest = folder / MANIFEST_NAME
+    return manifest.exists() or manifest.is_symlink()  # a broken link or a FIFO is still reported
+
+
 def _package_dirs(registry: Path) -> list[Path]:
     """Sub-directories CatSith would take as packages: those holding a manifest.json (hidden ones skipped)."""
-    return sorted(p for p in registry.iterdir() if not p.name.startswith(".") and (p / MANIFEST_NAME).is_file())
+    return sorted(p for p in registry.iterdir() if not p.name.startswith(".") and p.is_dir() and _has_manifest(p))
 
 
 def verify_registry(path: str | os.PathLike[str]) -> dict[Path, list[Finding]]:
-    """Verify a single package dir, or every package of a registry dir; keys are package dirs."""
+    """Verify a single package dir, or every package of a registry dir; keys are package dirs.
+
+    A folder that is neither (no manifest.json, and no sub-folder with one) is an error, not "no
+    packages": `verify` on a package whose manifest was lost must not pass."""
     root = Path(path)
     if not root.is_dir():
         return {root: [_err("no such directory")]}
-    if (root / MANIFEST_NAME).is_file():
+    if _has_manifest(root):
         return {root: verify_package(root)}
     results = {pkg: verify_package(pkg) for pkg in _package_dirs(root)}
+    if not results:
+        return {root: [_err(f"not a package ({MANIFEST_NAME} is missing) and no sub-folder holds one; expected "
+                            "a package folder or a registry folder of packages")]}
     by_name: dict[str, list[Path]] = defaultdict(list)
     for info in list_packages(root):
         if info.name is not None:
@@ -195,7 +254,7 @@ def verify_registry(path: str | os.PathLike[str]) -> dict[Path, list[Finding]]:
     for name, dirs in by_name.items():
         for pkg in dirs if len(dirs) > 1 else ():
             others = ", ".join(d.name for d in dirs if d != pkg)
-            results[pkg].append(_warn(f"name {name!r} is also used by {others}; CatSith indexes by name"))
+            results[pkg].append(_warn(f"name {quote(name)} is also used by {others}; CatSith indexes by name"))
     return results
 
 
@@ -224,8 +283,8 @@ def list_packages(registry_dir: str | os.PathLike[str]) -> list[PackageInfo]:
     infos = []
     for pkg in _package_dirs(root):
         try:
-            m = Manifest.model_validate_json((pkg / MANIFEST_NAME).read_bytes())
-        except (OSError, ValueError) as exc:
+            m = read_manifest(pkg)[0]
+        except ValueError as exc:
             infos.append(PackageInfo(pkg.name, pkg, error=_manifest_errors(exc)[0]))
             continue
         infos.append(

@@ -136,7 +136,11 @@ class _Reader:
 
     def floats(self, rows: int, cols: int, what: str) -> torch.Tensor:
         raw = self.take(rows * cols * 4, what)  # size checked before any allocation
-        return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(rows, cols))
+        values = np.frombuffer(raw, dtype="<f4")
+        if not np.isfinite(values).all():  # CatSith would merge NaN into every weight it touches
+            bad = int((~np.isfinite(values)).sum())
+            raise WeightsBinError(f"{what}: {bad} non-finite value(s) (NaN/inf); weights must be finite")
+        return torch.from_numpy(values.astype(np.float32).reshape(rows, cols))
 
 
 def decode_weights_bin(data: bytes) -> WeightsBin:

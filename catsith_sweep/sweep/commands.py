@@ -14,7 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
+from catsith_sweep.tracking import Outcome, TrialRow
+
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+TOP_SHOWN = 3
 
 
 def print_plan(loaded: Any, uri: str, address: str | None) -> None:
@@ -22,10 +25,12 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     from catsith_sweep.data.source import dataset_root
     from catsith_sweep.data.validate import validate_dataset
     from catsith_sweep.models.base_source import base_location, builtin_ready
-    from catsith_sweep.trainers import NEEDS_BASE, require_implemented
+    from catsith_sweep.tracking import redact_uri
+    from catsith_sweep.trainers import NEEDS_BASE, check_experiment, planned_budget
+    from catsith_sweep.trainers.heldout import planned_split
 
     exp = loaded.experiment
-    require_implemented(exp, loaded.path)
+    check_experiment(loaded)
     if exp.data.path is not None:
         report = str(validate_dataset(Path(exp.data.path)))
     else:
@@ -38,18 +43,24 @@ def print_plan(loaded: Any, uri: str, address: str | None) -> None:
     search = exp.search
     table = Table(title=f"plan: {exp.name}", show_header=False)
     rows = [
-        ("trainer", exp.trainer), ("dataset", report), ("base model", base),
+        ("trainer", exp.trainer), ("dataset", report), ("held-out split", planned_split(exp).describe()),
+        ("base model", base),
         ("trials", f"{search.num_samples}, {search.max_concurrent_trials} at a time"),
-        ("budget per trial", f"{exp.train.max_steps or str(exp.train.epochs) + ' epochs'} steps, "
-                             f"evaluation every {exp.eval.every_n_steps}"),
+        ("budget per trial", _budget(exp, planned_budget(exp))),
         ("search", f"{search.sampler} over {', '.join(loaded.space) or '(nothing)'}; "
                    f"{', '.join(f'{m} ({d})' for m, d in zip(search.metrics(), search.modes(), strict=True))}"),
         ("scheduler", search.scheduler), ("resources per trial", f"cpu {exp.resources.cpu}, gpu {exp.resources.gpu}"),
-        ("ray", address or "a local Ray instance"), ("tracking", f"{uri}, experiment `{exp.mlflow_experiment}`"),
+        ("ray", address or "a local Ray instance"),
+        ("tracking", f"{redact_uri(uri)}, experiment `{exp.mlflow_experiment}`"),
     ]
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     out.print(table)
+
+
+def _budget(exp: Any, planned: tuple[int, int]) -> str:
+    epochs = f" ({exp.train.epochs} epochs)" if exp.train.epochs else ""
+    return f"{planned[0]} steps{epochs}, evaluation every {exp.eval.every_n_steps}: {planned[1]} evaluations"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,6 +69,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_experiment(args.experiment, args.overrides)
     uri = args.tracking_uri or loaded.experiment.tracking_uri
     print_plan(loaded, uri, args.address)
+    if args.dry_run or args.plan:
+        from catsith_sweep.plan.command import print_dry_run_prediction
+
+        prediction = print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
+        if prediction is not None:  # the sweep of this same config compares itself with it
+            from catsith_sweep.sweep.driver import config_fingerprint
+            from catsith_sweep.sweep.forecast import save_plan
+
+            runs_dir = (Path(args.runs_dir) / loaded.experiment.name).resolve()
+            out.print(f"prediction kept for this config: {save_plan(runs_dir, config_fingerprint(loaded), prediction)}")
     if args.dry_run:
         out.print("dry run: nothing started")
         return 0
@@ -71,63 +92,78 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     out.print(f"sweep {outcome.sweep_dir.name} done: {counts}")
-    if outcome.counts.get("failed"):
-        out.print(f"[yellow]{outcome.counts['failed']} trial(s) failed[/yellow]: see the leaderboard and their "
-                  "MLflow runs (tag catsith.error, artifact error.txt)")
-    if outcome.best:
-        shown = {k: v for k, v in outcome.best.items() if k != "params"}
-        out.print(f"best trial {outcome.best['trial']}: {escape(str(shown))}")
-        out.print(f"  params: {escape(str(outcome.best['params']))}")
-        metric = loaded.experiment.search.metrics()[0]
-        if outcome.baseline and metric in outcome.baseline:
-            out.print(f"  {metric}: best {outcome.best[metric]:.4g} vs {outcome.baseline[metric]:.4g} before training")
-    out.print(f"leaderboard: {outcome.sweep_dir / 'leaderboard.md'}; browse: python -m catsith_sweep ui")
+    if outcome.counts.get(Outcome.FAILED):
+        out.print(f"[yellow]{outcome.counts[Outcome.FAILED]} trial(s) failed[/yellow]: see the leaderboard and "
+                  "their MLflow runs (tag catsith.error, artifacts error.txt and traceback.txt)")
+    if outcome.best and len(loaded.experiment.search.metrics()) > 1:  # a front, not a single best
+        from catsith_sweep.sweep.multi import print_front
+
+        print_front(_print_table, out.print, uri, outcome.parent_run_id, outcome.rows)
+    elif outcome.best:
+        _print_table(leaderboard_table(outcome.rows, outcome.metric, outcome.mode, top=TOP_SHOWN,
+                                       title=f"best trials by {outcome.metric} ({outcome.mode})"))
+        value, before = outcome.best.value(outcome.metric), (outcome.baseline or {}).get(outcome.metric)
+        if value is not None and before is not None:
+            out.print(f"{outcome.metric}: best {value:.4g} vs {before:.4g} before training")
+    out.print(f"leaderboard: {outcome.sweep_dir / 'leaderboard.md'}; in the terminal: python -m catsith_sweep "
+              f"leaderboard {loaded.experiment.mlflow_experiment}; browse: python -m catsith_sweep ui")
     return 0 if outcome.best else 1
+
+
+def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, *, title: str, top: int | None = None) -> Table:
+    """Trials as the leaderboard shows them: ranked ones first, then the others (all, or the `top` best)."""
+    from catsith_sweep.sweep.summary import ordered, params_text
+
+    table = Table(title=title)
+    for column in ("rank", "trial", "name", "outcome", metric):
+        table.add_column(column, no_wrap=column != "name", overflow="fold")
+    for column in ("params", "run id"):  # folded when narrow, never cut: a run id is copied into --run-id
+        table.add_column(column, overflow="fold")
+    shown = ordered(rows, metric, mode)
+    for position, row in shown[:top] if top else shown:
+        value = row.value(metric)
+        table.add_row(str(position or "-"), row.trial, escape(row.name), str(row.outcome),
+                      f"{value:.5g}" if value is not None else "", escape(params_text(row, "\n")), row.run_id)
+    return table
+
+
+def _print_table(table: Table) -> None:
+    # A pipe or log file has no width to respect; rich would assume 80 columns and fold every cell.
+    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from catsith_sweep import tracking
-    from catsith_sweep.sweep.summary import latest_parent_run, rank, trial_rows
+    from catsith_sweep.tracking import queries
 
-    uri = args.tracking_uri or tracking.DEFAULT_URI
-    experiment_id, parent = latest_parent_run(uri, args.experiment_name)
-    metrics = parent.data.tags.get("catsith.metric", "").split(",")
-    modes = parent.data.tags.get("catsith.mode", "").split(",")
-    rows = trial_rows(uri, experiment_id, parent.info.run_id, metrics)
-    ranked = rank(rows, metrics[0], modes[0])
-    table = Table(title=f"{args.experiment_name}: {parent.info.run_name} ({metrics[0]}, {modes[0]})")
-    for column in ("rank", "trial", "outcome", metrics[0]):
-        table.add_column(column, no_wrap=True)
-    for column in ("params", "run id"):  # folded when narrow, never cut: a run id is copied into --run-id
-        table.add_column(column, overflow="fold")
-    for row in [*ranked, *[r for r in rows if r not in ranked]]:
-        value = row.get(metrics[0])
-        table.add_row(str(ranked.index(row) + 1) if row in ranked else "-", row["trial"], row["outcome"],
-                      f"{value:.5g}" if isinstance(value, float) else "",
-                      escape("\n".join(f"{k}={_short(v)}" for k, v in sorted(row["params"].items()))),
-                      row["run_id"])
-    # A pipe or log file has no width to respect; rich would assume 80 columns and fold every cell.
-    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
+    uri = tracking.normalize_uri(args.tracking_uri or tracking.DEFAULT_URI)
+    pick = queries.choose_sweep(uri, args.experiment_name, args.sweep_id)
+    sweep = pick.sweep
+    out.print(f"using {escape(pick.describe())}")
+    rows = queries.trial_rows(uri, sweep)
+    if len(sweep.metrics) > 1:  # the Pareto front first, then every trial (ranked by the first objective)
+        from catsith_sweep.sweep.multi import print_front
+
+        print_front(_print_table, out.print, uri, sweep.run_id, rows)
+    _print_table(leaderboard_table(rows, sweep.metric, sweep.mode,
+                                   title=f"{args.experiment_name}: {sweep.name} ({sweep.metric}, {sweep.mode})"))
     return 0
-
-
-def _short(value: object) -> str:
-    """A param as a person reads it: floats to 4 significant digits (MLflow stores params as text)."""
-    try:
-        number = float(str(value))
-    except ValueError:
-        return str(value)
-    return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from catsith_sweep import tracking
+    from catsith_sweep.tracking import queries
 
-    uri = args.tracking_uri or tracking.DEFAULT_URI
+    uri = tracking.normalize_uri(args.tracking_uri or tracking.DEFAULT_URI)
     # This interpreter's mlflow, not whatever `mlflow` is on PATH (none, when .venv isn't activated).
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
-    out.print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
+    base = f"http://{args.host}:{args.port}"
+    out.print(f"MLflow UI on {base} (store {escape(tracking.redact_uri(uri))}); Ctrl-C stops it")
+    # MLflow 3 opens an experiment on its GenAI overview: link straight to each experiment's runs page.
+    for name, experiment_id in queries.experiments(uri):
+        if args.experiment_name in (None, name):
+            out.print(f"  {escape(name)}: {base}/#/experiments/{experiment_id}/runs")
     process = subprocess.Popen(command, start_new_session=True,
                                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
@@ -147,13 +183,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "else sqlite:///mlflow.db)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep (fails if none)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; run nothing")
+    p.add_argument("--plan", action="store_true", help="calibrate and predict the sweep first (as `plan` does, "
+                   "up to 60 s), then run it; the parent run compares the prediction with what happened")
     p.add_argument("--runs-dir", default="runs", help="where sweeps keep their state (default: runs/)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("leaderboard", help="trials of an experiment's latest sweep, ranked")
+    p = sub.add_parser("leaderboard", help="trials of an experiment's sweep, ranked (default: the newest "
+                       "finished sweep)")
     p.add_argument("experiment_name")
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--sweep-id", default=None, help="this sweep (default: the newest finished one; a newer "
+                   "interrupted sweep is passed over and named)")
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("ui", help="the MLflow UI for the tracking store, on 127.0.0.1")
+    p.add_argument("experiment_name", nargs="?", default=None, help="print only this experiment's runs page")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)

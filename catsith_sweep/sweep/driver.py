@@ -7,18 +7,22 @@ was interrupted continues that sweep (same config) with `Tuner.restore`; `--resu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catsith_sweep.config import LoadedExperiment, dump_resolved
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.tracking import Outcome, SweepRun, SweepStatus, TrialRow, rank
 
 STATE_FILE = "sweep.json"
 RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters
@@ -28,10 +32,14 @@ RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 ch
 class SweepOutcome:
     sweep_dir: Path
     parent_run_id: str
-    best: dict[str, Any] | None
-    counts: dict[str, int]
+    best: TrialRow | None
+    counts: dict[Outcome, int]
     interrupted: bool = False
     baseline: dict[str, float] | None = None
+    rows: list[TrialRow] = field(default_factory=list)
+    """Every trial, as the leaderboard shows them."""
+    metric: str = ""
+    mode: str = "min"
 
 
 def git_commit() -> str:
@@ -58,7 +66,7 @@ def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
         if not state_path.is_file():
             continue
         state = json.loads(state_path.read_text())
-        if state.get("status") == "finished":
+        if state.get("status") == SweepStatus.FINISHED.value:
             return None
         return sweep_dir if state.get("fingerprint") == fingerprint else None
     return None
@@ -70,33 +78,90 @@ def write_state(sweep_dir: Path, **state: Any) -> None:
     atomic_write_text(path, json.dumps({**current, **state}, indent=2))
 
 
+def _keep_local_ray_on_loopback() -> None:
+    """Make the Ray node this process starts or joins use 127.0.0.1, so it listens there only.
+
+    Ray 2.x binds its GCS, raylet, object manager and worker gRPC servers to the node's IP, and
+    `ray.init(_node_ip_address="127.0.0.1")` replaces a loopback address with the machine's routable one.
+    The one switch that makes Ray take the loopback address as the node IP is the one it uses on
+    Windows/macOS, where multi-node clusters are off: set for this process (read by `ray.init`) and its
+    children (the raylet passes it on to workers and the runtime-env agent)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ray is already imported: its constant is read at import
+
+
 def init_ray(address: str | None, env: dict[str, str]) -> None:
+    """Start a local Ray instance on 127.0.0.1 (no `address`) or join the cluster at `address`.
+
+    A local instance is reachable from this machine only, so it runs without Ray's token
+    authentication unless RAY_AUTH_MODE says otherwise; a cluster keeps Ray's default (token auth on,
+    with the token from RAY_AUTH_TOKEN or ~/.ray/auth_token) unless the user sets RAY_AUTH_MODE=disabled.
+    """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Trials send evaluation results only; failed trials report no metric (see trainable.py).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
     if address:
+        if is_loopback_address(address):  # a cluster on this machine only: Ray would rewrite 127.0.0.1
+            _keep_local_ray_on_loopback()
         ray.init(address=address, **kwargs)
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _keep_local_ray_on_loopback()
         ray.init(_temp_dir=RAY_TMP, **kwargs)
 
 
-def check_tracking_reaches_workers(uri: str, address: str | None) -> None:
-    """A sqlite file (or local artifact folder) on the driver cannot be written by other nodes."""
+def is_loopback_address(address: str) -> bool:
+    """`127.0.0.1:6379`, `localhost:6379`, `[::1]:6379` (optionally `ray://...`)."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_tracking_reaches_workers(uri: str, address: str | None, experiment_id: str | None = None) -> None:
+    """Trials on other nodes must reach the tracking store and its artifact store: a sqlite file on the
+    driver, or a server that hands out a local artifact folder, would leave their data on their own disks."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not uri.startswith(("http://", "https://", "databricks")):
+    if len(nodes) <= 1:
+        return
+    if not uri.startswith(("http://", "https://", "databricks")):
         raise UserInputError(
             f"tracking.uri is {uri!r}, a local store, but the Ray cluster at {address} has {len(nodes)} "
             "nodes: trials on other nodes cannot write to it. Start an MLflow server reachable from every "
             "node (`mlflow server --host 0.0.0.0 ...`) and pass --tracking-uri http://HOST:PORT")
+    if experiment_id is None or not uri.startswith(("http://", "https://")):
+        return
+    from catsith_sweep import tracking
+
+    location = tracking.artifact_location(uri, experiment_id)
+    if location.startswith(("file:", "/")):
+        raise UserInputError(
+            f"the MLflow server at {uri} stores this experiment's artifacts at {location!r}, a folder each "
+            f"trial would write on its own node ({len(nodes)} nodes here), so they would never reach the "
+            "server. Start the server with `--artifacts-destination DIR_OR_BUCKET` (artifacts proxied over "
+            "HTTP, `mlflow-artifacts:/`) or an object store (`--default-artifact-root s3://...`).")
+
+
+def explain_resume(uri: str, parent_run_id: str, state: dict[str, Any], log: Any) -> None:
+    """Say on the parent run (tag catsith.resumed) and in the output why the sweep is continued."""
+    from catsith_sweep.tracking import sweep_runs
+
+    if state.get("status") == "interrupted":
+        reason = "the previous driver was interrupted (Ctrl-C or a stop signal) and saved Ray Tune's state"
+    else:
+        reason = ("the previous driver stopped without recording it (killed, crashed, or its machine lost): "
+                  "Ray Tune's last saved state is used; trials it had running restart from their last checkpoint")
+    log(f"resuming because {reason}")
+    sweep_runs.note_resume(uri, parent_run_id, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}")
 
 
 def trial_env() -> dict[str, str]:
@@ -122,18 +187,30 @@ def quiet_driver() -> None:
 
 
 def budget_evaluations(loaded: LoadedExperiment) -> int:
+    """Evaluations of the longest trial the sweep can sample, counted from the trainer's own step
+    count (an epoch budget needs the dataset, so call this after `prepare`): the time limit of
+    early-stopping schedulers, which must not cut a trial before its last evaluation."""
+    from catsith_sweep.config import apply_params
+    from catsith_sweep.trainers import planned_budget
+    from catsith_sweep.trainers.surface import budget_variants
+
     exp = loaded.experiment
-    steps = exp.train.max_steps or 0
-    return max(1, -(-steps // exp.eval.every_n_steps)) if steps else 10
+    return max(planned_budget(apply_params(exp, params) if params else exp)[1]
+               for params in budget_variants(exp, loaded.space))
 
 
 def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_uri: str | None = None,
               resume: bool = False, runs_root: Path = Path("runs"), log: Any = print) -> SweepOutcome:
-    """Run (or continue) the sweep of `loaded`; returns where it lives and how it went."""
+    """Run (or continue) the sweep of `loaded`; returns where it lives and how it went.
+
+    Once the parent run is open, the sweep ends it whatever happens: finished; interrupted (Ctrl-C,
+    SIGTERM: resumable, runs ended as KILLED); or failed (the driver's error, runs ended as FAILED/KILLED),
+    each with `catsith.ended_by` saying why. Only SIGKILL can leave runs RUNNING.
+    """
     from catsith_sweep import tracking
-    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
     from catsith_sweep.trainers import prepare
 
+    started = time.time()  # the budget's wall clock and `actual_wall_seconds` count from here
     exp = loaded.experiment
     uri = tracking.normalize_uri(tracking_uri or exp.tracking_uri)
     runs_dir = (runs_root / exp.name).resolve()
@@ -143,48 +220,130 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
     quiet_driver()
     dataset_dir = prepare(exp, log=log)
-    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
-
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
+    sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
+    sweep = _sweep_run(uri, parent_run_id)
+    with ending_runs_on_failure(uri, sweep, sweep_dir):
+        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address, started=started)
+
+
+def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
+                fingerprint: str, log: Any) -> tuple[Path, str]:
+    """(sweep folder, parent run id): the interrupted sweep `sweep_dir` reopened, or a new one with its
+    parent run and baseline."""
+    from catsith_sweep.sweep.summary import log_baseline, start_parent_run
+    from catsith_sweep.tracking import redact_uri, sweep_runs
+
     if sweep_dir is not None:
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         parent_run_id = state["parent_run_id"]
-        log(f"continuing interrupted sweep {sweep_dir.name} (MLflow parent run {parent_run_id})")
-    else:
-        sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
-        sweep_dir.mkdir(parents=True, exist_ok=False)
-        from catsith_sweep.sweep.summary import start_parent_run
-
-        parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
-        write_state(sweep_dir, parent_run_id=parent_run_id, status="running", fingerprint=fingerprint,
-                    experiment=str(loaded.path), tracking_uri=uri, experiment_id=experiment_id)
-        from catsith_sweep.sweep.summary import log_baseline
-
+        log(f"continuing {state.get('status', 'unfinished')} sweep {sweep_dir.name} (same config; MLflow parent "
+            f"run {parent_run_id}): Ray's saved state is unpickled from {sweep_dir / 'tune'} (runs/ must be "
+            "yours alone: see README)")
+        explain_resume(uri, parent_run_id, state, log)
+        sweep_runs.reopen_sweep_run(uri, parent_run_id)
+        write_state(sweep_dir, status=SweepStatus.RUNNING.value)
+        return sweep_dir, parent_run_id
+    sweep_dir = runs_dir / time.strftime("%Y%m%d-%H%M%S")
+    sweep_dir.mkdir(parents=True, exist_ok=False)
+    parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
+    write_state(sweep_dir, parent_run_id=parent_run_id, status=SweepStatus.RUNNING.value, fingerprint=fingerprint,
+                experiment=str(loaded.path), tracking_uri=redact_uri(uri), experiment_id=experiment_id)
+    with ending_runs_on_failure(uri, _sweep_run(uri, parent_run_id), sweep_dir):
         log("evaluating the starting point (no training) as the baseline")
         baseline = log_baseline(uri, parent_run_id, loaded, sweep_dir / "baseline")
-        write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
-    init_ray(address, trial_env())
-    check_tracking_reaches_workers(uri, address)
-    from catsith_sweep.sweep.trainable import SweepContext
+    write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
+    return sweep_dir, parent_run_id
 
+
+def _sweep_run(uri: str, parent_run_id: str) -> SweepRun:
+    from catsith_sweep.tracking import queries
+
+    return queries.sweep_by_run_id(uri, parent_run_id)
+
+
+@contextlib.contextmanager
+def ending_runs_on_failure(uri: str, sweep: SweepRun, sweep_dir: Path) -> Iterator[None]:
+    """On Ctrl-C, SIGTERM or an error: end the parent run and the open trial runs with what happened,
+    mark `sweep.json`, and let the exception go on (the CLI reports it)."""
+    from catsith_sweep.tracking import sweep_runs
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            status, why = SweepStatus.INTERRUPTED, f"interrupted ({str(exc) or 'Ctrl-C'})"
+        else:
+            status, why = SweepStatus.FAILED, f"driver error: {type(exc).__name__}: {exc}"
+        try:
+            sweep_runs.end_sweep_run(uri, sweep, status, why)
+        except Exception as cleanup:  # e.g. the store is what failed: the first error is the one to see
+            exc.add_note(f"also: ending the sweep's MLflow runs failed ({type(cleanup).__name__}: {cleanup})")
+        write_state(sweep_dir, status=status.value, ended_by=why)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
+               address: str | None, *, started: float) -> SweepOutcome:
+    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
+    from catsith_sweep.sweep.space import optuna_space
+    from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
+    from catsith_sweep.sweep.trainable import SweepContext
+    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
+    from catsith_sweep.tracking import sweep_runs
+
+    exp = loaded.experiment
+    init_ray(address, trial_env())
+    check_tracking_reaches_workers(uri, address, sweep.experiment_id)
     context = SweepContext(
-        experiment=exp.model_dump(mode="json"), fixed_params={}, tracking_uri=uri, experiment_id=experiment_id,
-        parent_run_id=parent_run_id, sweep_id=sweep_dir.name, git_commit=git_commit(),
-        dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
+        experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
+        tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
+        git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
     )
     tune_dir = sweep_dir / "tune"
-    if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
-        tuner, outcomes = restore_tuner(loaded, context, tune_dir)
-    else:
-        tuner, outcomes = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded))
-    results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
-        # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
-        write_state(sweep_dir, status="interrupted")
-        return SweepOutcome(sweep_dir, parent_run_id, None, {}, interrupted=True)
-    from catsith_sweep.sweep.summary import finish_parent_run
+    from catsith_sweep.sweep import budget as budgets
+    from catsith_sweep.sweep.forecast import load_plan
 
-    best, counts = finish_parent_run(uri, experiment_id, parent_run_id, loaded, results, outcomes, sweep_dir)
-    write_state(sweep_dir, status="finished", best=best, counts=counts)
+    forecast, budget = budgets.sweep_meters(loaded, started=started,
+                                            plan=load_plan(sweep_dir.parent, config_fingerprint(loaded)))
+    if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
+        tuner, _ = restore_tuner(loaded, context, tune_dir)  # its callbacks and budget are the pickled ones
+        budget = None
+    else:
+        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded), forecast=forecast,
+                               budget=budget)
+    results = tuner.fit()
+    states = None
+    if budget is not None and budget.ended_by:  # trials it stopped: KILLED in MLflow, PRUNED in Optuna
+        states = budget.end_trials(uri, sweep.experiment_id, sweep.run_id)
+    elif results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
+        # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
+        why = "interrupted (Ctrl-C): resumable with run --resume"
+        sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
+        write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
+        return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
+    sweep_runs.close_orphaned_trials(uri, sweep.experiment_id, sweep.run_id,
+                                    {r.metrics.get("trial_id") for r in results})
+    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
+    record = budgets.figures(forecast, budget, states)
+    sweep_runs.log_sweep_figures(uri, sweep.run_id, record["metrics"], record["tags"])
+    write_state(sweep_dir, figures=record)
+    best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
+    write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
+                counts={k.value: v for k, v in counts.items()})
     baseline = json.loads((sweep_dir / STATE_FILE).read_text()).get("baseline", {})
-    return SweepOutcome(sweep_dir, parent_run_id, best, counts, baseline=baseline)
+    return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=baseline, rows=rows, metric=sweep.metric,
+                        mode=sweep.mode)

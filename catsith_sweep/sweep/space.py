@@ -21,7 +21,7 @@ def optuna_space(space: dict[str, Distribution]) -> tuple[dict[str, Any], dict[s
         if isinstance(dist, Fixed):
             fixed[key] = dist.value
         elif isinstance(dist, Categorical):
-            dists[key] = od.CategoricalDistribution([_encode(v) for v in dist.values])
+            dists[key] = od.CategoricalDistribution([encode_choice(v) for v in dist.values])
         elif isinstance(dist, IntRange):
             dists[key] = od.IntDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
         elif isinstance(dist, FloatRange):
@@ -29,7 +29,8 @@ def optuna_space(space: dict[str, Distribution]) -> tuple[dict[str, Any], dict[s
     return dists, fixed
 
 
-def _encode(value: Any) -> Any:
+def encode_choice(value: Any) -> Any:
+    """A categorical choice as Optuna holds it: scalars as they are, anything else as `json:<text>`."""
     return value if isinstance(value, _SCALARS) else "json:" + json.dumps(value)
 
 

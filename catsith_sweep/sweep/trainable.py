@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,11 @@ class SweepContext:
     """What every trial of one sweep shares (sent once to the workers)."""
 
     experiment: dict[str, Any]
+    """The resolved experiment, its tracking URI's credentials redacted (`summary.public_experiment`)."""
     fixed_params: dict[str, Any]
+    """The search space's `fixed` keys: applied to every trial and logged with the sampled params."""
     tracking_uri: str
+    """The real tracking URI (credentials included: trials log with it)."""
     experiment_id: str
     parent_run_id: str
     sweep_id: str
@@ -38,6 +42,8 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
 
     from catsith_sweep.config import Experiment, apply_params
     from catsith_sweep.sweep.space import decode_params
+    from catsith_sweep.tracking import artifacts
+    from catsith_sweep.tracking.sweep_runs import reopen_trial_run
     from catsith_sweep.tracking.trial_logger import TrialLogger, trial_tags
     from catsith_sweep.trainers import make_trainer
     from catsith_sweep.trainers.base import Report, run_trial
@@ -56,18 +62,22 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
         tags=trial_tags(context.sweep_id, context.git_commit, context.dataset_fingerprint),
         params=sampled, config=experiment.model_dump(mode="json"),
     )
+    if logger.resumed:  # continued from its checkpoint by a resumed sweep, which ended its run as KILLED
+        reopen_trial_run(context.tracking_uri, logger.run_id)
     started = time.perf_counter()
 
     def report(r: Report) -> None:
+        if r.params:  # facts of the run (its held-out split, `split.*`), sent once
+            logger._log_params(r.params, {})
         logger.log_metrics(r.metrics, r.step)
         if not r.final:  # the final report repeats the last evaluation's images
             for key, path in r.images.items():
                 logger.log_image(path, key, r.step)
         if r.final:
             samples = {p.name: p for img in r.images.values() for p in img.parent.glob(f"{img.stem}.*")}
-            logger.log_artifacts(samples, "samples")
-            logger.log_artifacts(r.exports, "export")
-            logger.log_artifacts({"config": workdir / "export" / "config.yaml"}, "export")
+            logger.log_artifacts(samples, artifacts.SAMPLES_DIR)
+            logger.log_artifacts(r.exports, artifacts.EXPORT_DIR)
+            logger.log_artifacts({"config": workdir / "export" / artifacts.CONFIG_FILE}, artifacts.EXPORT_DIR)
             elapsed = time.perf_counter() - started
             logger.log_metrics({"tracking_seconds": logger.seconds, "trial_seconds": elapsed}, r.step)
             logger.flush()
@@ -95,4 +105,5 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
                 run_trial(trainer, experiment, workdir, report)
         except Exception as exc:  # the trial fails alone; the sweep goes on (see README: failures)
             logger.record_error(exc)
+            logger.log_text(traceback.format_exc(), artifacts.TRACEBACK_FILE)
             tune.report({STEP: -1, FINISHED: False, FAILED: True, "error": f"{type(exc).__name__}: {exc}"})

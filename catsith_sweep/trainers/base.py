@@ -13,11 +13,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from catsith_sweep.config.loader import dump_resolved
 from catsith_sweep.config.schema import Experiment
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.trainers.surface import TrainerSurface
 
 RESOLVED_CONFIG = "config.yaml"
 
@@ -34,7 +35,8 @@ class Evaluation:
 @dataclass
 class Report:
     """One message from a trial to whoever runs it. `checkpoint` is a directory the receiver may
-    copy or keep; `final` marks the last report, which carries the exports."""
+    copy or keep; `final` marks the last report, which carries the exports. `params` (facts of the
+    run such as its held-out split, `split.*`) come once, with the first report of a run."""
 
     step: int
     metrics: dict[str, float]
@@ -42,6 +44,7 @@ class Report:
     checkpoint: Path | None = None
     exports: dict[str, Path] = field(default_factory=dict)
     final: bool = False
+    params: dict[str, str] = field(default_factory=dict)
 
 
 Reporter = Callable[[Report], None]
@@ -51,14 +54,26 @@ Reporter = Callable[[Report], None]
 class Trainer(Protocol):
     """What every trainer (LoRA, SpriteVAE, distillation, full training) provides."""
 
+    surface: ClassVar[TrainerSurface]
+    """What it reads, writes and reports (checked by `validate`; see `trainers.surface`)."""
     step: int
     """Optimizer steps taken so far."""
+
+    @staticmethod
+    def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
+        """Micro-batches in one pass over its training data (what `train.epochs` counts)."""
+        ...
 
     def setup(self) -> None:
         """Load data and models, build optimizer and schedule. Heavy work lives here, not in __init__."""
 
     def total_steps(self) -> int:
-        """The trial's step budget, from `train.max_steps` or `train.epochs`."""
+        """The trial's step budget: `surface.budget_steps` over `batches_per_epoch`."""
+        ...
+
+    def run_params(self) -> dict[str, str]:
+        """Facts of the run to record once as params, after `setup`: at least the held-out split
+        (`trainers.heldout.split_params`)."""
         ...
 
     def train(self, steps: int, log: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
@@ -98,14 +113,29 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_params_once(report: Reporter, params: dict[str, str]) -> Reporter:
+    """`report`, with `params` attached to the first report it sends."""
+    pending = dict(params)
+
+    def send(r: Report) -> None:
+        if pending:
+            r.params = {**pending, **r.params}
+            pending.clear()
+        report(r)
+
+    return send
+
+
 def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: Reporter,
               *, resume_from: Path | None = None, log_every: int | None = None) -> Evaluation:
     """Drive `trainer` through its budget: train to each evaluation point, evaluate, checkpoint,
-    report; at the end export. `resume_from` is a checkpoint directory written by an earlier run."""
+    report; at the end export. `resume_from` is a checkpoint directory written by an earlier run.
+    The first report carries the trainer's `run_params`."""
     workdir.mkdir(parents=True, exist_ok=True)
     trainer.setup()
     if resume_from is not None:
         trainer.restore(resume_from)
+    report = _with_params_once(report, trainer.run_params())
     total = trainer.total_steps()
     every = experiment.eval.every_n_steps
     log_every = log_every or experiment.tracking.log_every_n_steps

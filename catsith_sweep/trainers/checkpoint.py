@@ -19,9 +19,9 @@ META_FILE = "trainer_state.json"
 def save_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
                     generator: torch.Generator, step: int, extra: dict[str, Any] | None = None,
-                    trainable_only: bool = False) -> None:
+                    trainable_only: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
     """Write everything needed to continue bit-for-bit into `directory` (which the caller then
-    moves into place atomically)."""
+    moves into place atomically). A float16 run's loss scale is part of that state."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, module in modules.items():
         state = module.state_dict()
@@ -36,6 +36,7 @@ def save_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": _numpy_state_tensor(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
     }
     torch.save(state_blob, directory / STATE_FILE)
     meta = {"step": step, **(extra or {})}
@@ -44,7 +45,8 @@ def save_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
 
 def load_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
-                    generator: torch.Generator, strict: bool = True) -> dict[str, Any]:
+                    generator: torch.Generator, strict: bool = True,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """Restore what `save_checkpoint` wrote; returns its metadata (with `step`)."""
     for name, module in modules.items():
         state = load_file(str(directory / f"{name}.safetensors"))
@@ -57,6 +59,8 @@ def load_checkpoint(directory: Path, *, modules: dict[str, torch.nn.Module],
         opt.load_state_dict(blob["optimizers"][key])
     for key, sched in schedulers.items():
         sched.load_state_dict(blob["schedulers"][key])
+    if scaler is not None and scaler.is_enabled() and blob.get("scaler"):
+        scaler.load_state_dict(blob["scaler"])
     generator.set_state(blob["generator"])
     torch.set_rng_state(blob["torch_rng"])
     np.random.set_state(_numpy_state_from_json(json.loads(bytes(blob["numpy_rng"].numpy()).decode())))

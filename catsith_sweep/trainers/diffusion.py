@@ -1,82 +1,27 @@
 """Plain functions shared by the diffusion trainers (full, LoRA, distillation): pixel preparation,
-latent and caption caching, the noise-prediction loss, sampling and the sample grid."""
+caption tokens, the noise-prediction loss, the learning-rate schedule, sampling and the sample grid.
+(Device, precision and the optimizer step are in `trainers.runtime`.)"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from catsith_sweep.data.pixels import RGB_BACKGROUND, from_vae_pixels, to_vae_pixels
 from catsith_sweep.models.builtin import DiffusionParts, to_pipeline
 
-# Fixed background for compositing RGBA sprites when a base only takes RGB (standard SD bases).
-RGB_BACKGROUND = (0.0, 0.0, 0.0)
+__all__ = ["RGB_BACKGROUND", "from_vae_pixels", "to_vae_pixels"]  # the pixel convention lives in data.pixels
 
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is `cuda`, but no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype for `train.mixed_precision`; fp32 on CPU (half precision there is slow or
-    unsupported, so it is refused rather than silently ignored)."""
-    if device.type != "cuda":
-        if mixed_precision in ("fp16", "bf16"):
-            raise RuntimeError(f"train.mixed_precision={mixed_precision} needs a CUDA device; use auto or no")
-        return torch.float32
-    if mixed_precision == "no":
-        return torch.float32
-    if mixed_precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-
-
-def to_vae_pixels(images: torch.Tensor, rgba: bool) -> torch.Tensor:
-    """RGBA in [0, 1] -> the VAE's input in [-1, 1]: RGBA as is, or RGB composited on a fixed background."""
-    if not rgba:
-        alpha = images[:, 3:4]
-        background = torch.tensor(RGB_BACKGROUND, device=images.device).view(1, 3, 1, 1)
-        images = images[:, :3] * alpha + background * (1 - alpha)
-    return images * 2 - 1
-
-
-def from_vae_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE's output in [-1, 1] -> RGBA in [0, 1] (alpha 1 for an RGB VAE)."""
-    images = ((pixels + 1) / 2).clamp(0, 1)
-    if images.shape[1] == 3:
-        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
-    return images
 
 
 def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
     ids = parts.tokenizer(captions, padding="max_length", truncation=True,
                           max_length=parts.tokenizer.model_max_length, return_tensors="pt").input_ids
     return ids.to(device)
-
-
-@torch.no_grad()
-def encode_latents(parts: DiffusionParts, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Latent means (scaled) of `images`; the VAE's mean is cached, noise is added per step."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        pixels = to_vae_pixels(images[start:start + batch_size], parts.rgba)
-        dist = parts.vae.encode(pixels.to(parts.vae.device, parts.vae.dtype)).latent_dist
-        out.append(dist.mean * parts.vae.config.scaling_factor)
-    return torch.cat(out)
-
-
-@dataclass
-class CachedBatch:
-    latents: torch.Tensor
-    embeddings: torch.Tensor
 
 
 def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings: torch.Tensor, *,

@@ -4,13 +4,15 @@ diffusers + peft: adapters on the UNet's attention projections (optionally the t
 with a constant or cosine schedule after warm-up, gradient accumulation, mixed precision on CUDA.
 Latents and caption embeddings are computed once when nothing makes them change between steps (no
 augmentation, frozen text encoder: kohya's cache_latents), so the step loop is the UNet step alone.
+It trains on the training side of the held-out split only and evaluates on the held-out side
+(`trainers.heldout`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,8 +22,11 @@ from catsith_sweep.errors import ConfigError, UserInputError
 from catsith_sweep.models.base_source import load_base
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
-from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.heldout import experiment_split, split_params
+from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
+from catsith_sweep.trainers.surface import LORA, TrainerSurface, budget_steps
 
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -29,24 +34,26 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 class LoraTrainer:
     """Trains a LoRA adapter; exports PEFT/kohya safetensors and the guide's CatSith JSON."""
 
+    surface: ClassVar[TrainerSurface] = LORA
+
     def __init__(self, experiment: Experiment, workdir: Path) -> None:
         self.exp = experiment
-        self.cfg: LoraSection = experiment.trainer_section  # type: ignore[assignment]
+        self.cfg = experiment.trainer_config(LoraSection)
         self.workdir = workdir
         self.step = 0
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
         train = self.exp.train
-        torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
-        self.device = D.resolve_device(train.device)
-        self.dtype = D.resolve_dtype(train.mixed_precision, self.device)
-        self.generator = seed_everything(train.seed)
+        self.formats = self.surface.formats(self.exp)  # refused now, not after the whole budget
+        self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
+        self.split = experiment_split(self.exp, self.dataset)  # refused now when too small to measure
+        self.train_indices = self.split.train
         self.prompts = self.exp.eval.prompts or default_prompts(self.dataset)
         self.parts = load_base(self.exp.model.base, self.exp.model.cache_dir, self.exp.model.revision)
         for module in (self.parts.vae, self.parts.text_encoder, self.parts.unet):
-            module.requires_grad_(False).to(self.device)
+            module.requires_grad_(False).to(self.rt.device)
         self._add_adapters()
         if train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
@@ -55,8 +62,6 @@ class LoraTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-        self.train_indices = list(range(len(self.dataset)))
         self.cache = self._build_cache() if self._can_cache() else None
 
     def _add_adapters(self) -> None:
@@ -90,52 +95,55 @@ class LoraTrainer:
 
     @torch.no_grad()
     def _build_cache(self) -> dict[str, torch.Tensor]:
-        images = self.dataset.images
-        pixels = [D.to_vae_pixels(images[s:s + 64], self.parts.rgba).to(self.device, self.parts.vae.dtype)
+        """Latent distributions and caption embeddings of the training split, row i for
+        `train_indices[i]` (held-out sprites are never encoded for training)."""
+        images = self.dataset.images[self.train_indices]
+        pixels = [D.to_vae_pixels(images[s:s + 64], self.parts.rgba).to(self.rt.device, self.parts.vae.dtype)
                   for s in range(0, len(images), 64)]
         dists = [self.parts.vae.encode(p).latent_dist for p in pixels]
         scale = self.parts.vae.config.scaling_factor
-        captions = list(self.dataset.captions) + [""]
+        captions = [self.dataset.captions[i] for i in self.train_indices] + [""]
         embeddings = self._embed(captions)
         return {"mean": torch.cat([d.mean for d in dists]) * scale,
                 "std": torch.cat([d.std for d in dists]) * scale,
                 "emb": embeddings[:-1], "empty": embeddings[-1:]}
 
     def _embed(self, captions: list[str]) -> torch.Tensor:
-        return self.parts.text_encoder(D.tokenize(self.parts, captions, self.device))[0]
+        return self.parts.text_encoder(D.tokenize(self.parts, captions, self.rt.device))[0]
+
+    @staticmethod
+    def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
+        """Micro-batches in one pass over the training split (batches are drawn at random, with
+        replacement)."""
+        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
 
     def total_steps(self) -> int:
-        train = self.exp.train
-        if train.max_steps is not None:
-            return train.max_steps
-        per_step = train.batch_size * train.gradient_accumulation_steps
-        return -(-len(self.dataset) // per_step) * int(train.epochs or 1)
+        return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     # ---- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and caption embeddings for one micro-batch (caption dropout applied)."""
-        pick = torch.randint(0, len(self.train_indices), (self.exp.train.batch_size,), generator=self.generator)
+        generator, device = self.rt.generator, self.rt.device
+        pick = torch.randint(0, len(self.train_indices), (self.exp.train.batch_size,), generator=generator)
         idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
-        drop = torch.rand(len(idx), generator=self.generator) < self.cfg.caption_dropout_rate
-        if self.cache is not None:
-            noise = torch.randn(self.cache["mean"][idx].shape, generator=self.generator).to(self.device)
-            latents = self.cache["mean"][idx] + self.cache["std"][idx] * noise
-            emb = torch.where(drop.view(-1, 1, 1).to(self.device), self.cache["empty"], self.cache["emb"][idx])
+        drop = torch.rand(len(idx), generator=generator) < self.cfg.caption_dropout_rate
+        if self.cache is not None:  # rows of the training split
+            noise = torch.randn(self.cache["mean"][pick].shape, generator=generator).to(device)
+            latents = self.cache["mean"][pick] + self.cache["std"][pick] * noise
+            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][pick])
             return latents, emb
         items = [self.dataset[i] for i in idx.tolist()]
         images = torch.stack([item["image"] for item in items])
         with torch.no_grad():
-            pixels = D.to_vae_pixels(images, self.parts.rgba).to(self.device, self.parts.vae.dtype)
+            pixels = D.to_vae_pixels(images, self.parts.rgba).to(device, self.parts.vae.dtype)
             latents = self.parts.vae.encode(pixels).latent_dist.sample() * self.parts.vae.config.scaling_factor
         captions = ["" if d else item["caption"] for item, d in zip(items, drop.tolist(), strict=True)]
         with contextlib.nullcontext() if self.cfg.train_text_encoder else torch.no_grad():
             emb = self._embed(captions)
         return latents, emb
-
-    def _autocast(self) -> Any:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def train(self, steps: int, log: Any) -> dict[str, float]:
         self.parts.unet.train()
@@ -147,21 +155,15 @@ class LoraTrainer:
             total = 0.0
             for _ in range(accum):
                 latents, emb = self._batch()
-                with self._autocast():
+                with autocast(self.rt):
                     loss = D.diffusion_loss(self.parts.unet, self.parts.scheduler, latents, emb,
                                             noise_offset=self.cfg.noise_offset,
-                                            min_snr_gamma=self.cfg.min_snr_gamma, generator=self.generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
-                self.scaler.scale(loss / accum).backward()
+                                            min_snr_gamma=self.cfg.min_snr_gamma, generator=self.rt.generator)
+                check_finite(loss, self.step)
+                backward(self.rt, loss, accum)
                 total += loss.item() / accum
-            self.scaler.unscale_(self.opt)
-            if self.exp.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.params, self.exp.train.max_grad_norm)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
+            optimizer_step(self.rt, self.opt, self.params, max_grad_norm=self.exp.train.max_grad_norm,
+                           scheduler=self.sched)
             self.step += 1
             metrics = {"loss": total, "lr": float(self.sched.get_last_lr()[0])}
             log(self.step, metrics)
@@ -171,7 +173,7 @@ class LoraTrainer:
         self.parts.unet.eval()
         self.parts.text_encoder.eval()
         return evaluate_samples(self.parts, self.dataset, self.exp, out_dir, self.prompts, self.step,
-                                self.device)
+                                self.rt.device, split=self.split)
 
     # ---- checkpoints and exports ---------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:
@@ -182,12 +184,13 @@ class LoraTrainer:
 
     def save(self, directory: Path) -> None:
         save_checkpoint(directory, modules=self._modules(), optimizers={"main": self.opt},
-                        schedulers={"main": self.sched}, generator=self.generator, step=self.step,
-                        trainable_only=True)
+                        schedulers={"main": self.sched}, generator=self.rt.generator, step=self.step,
+                        trainable_only=True, scaler=self.rt.scaler)
 
     def restore(self, directory: Path) -> None:
         meta = load_checkpoint(directory, modules=self._modules(), optimizers={"main": self.opt},
-                               schedulers={"main": self.sched}, generator=self.generator, strict=False)
+                               schedulers={"main": self.sched}, generator=self.rt.generator, strict=False,
+                               scaler=self.rt.scaler)
         self.step = int(meta["step"])
 
     def export(self, directory: Path) -> dict[str, Path]:
@@ -195,7 +198,7 @@ class LoraTrainer:
         from catsith_sweep.export import lora_formats as F
 
         layers = F.lora_layers(self.parts.unet, self.parts.text_encoder if self.cfg.train_text_encoder else None)
-        formats = self.exp.export.formats or ["peft_safetensors", "catsith_json"]
+        formats = self.surface.formats(self.exp)
         out: dict[str, Path] = {}
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"config": dump_resolved(self.exp), "base_model": self.exp.model.base}

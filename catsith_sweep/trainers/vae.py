@@ -1,8 +1,10 @@
 """The guide's sprite VAE ("Custom VAE Training"), trained from scratch on a sprite dataset.
 
 Loss per batch: recon + beta * warm-up(step) * KL + perceptual_weight * perceptual + direction_weight *
-direction consistency (`models.sprite_vae`). Batches come from `EntityBatchSampler` over the train split,
-so the directions of an entity arrive together and the direction term has groups to pull together.
+direction consistency (`models.sprite_vae`). Batches come from `EntityBatchSampler` over the training
+side of the held-out split (`trainers.heldout`), so the directions of an entity arrive together and the
+direction term has groups to pull together; the sprite net of the perceptual term and of the metrics is
+trained on that side too.
 The perceptual term is the sprite net's LPIPS recipe (`metrics.features.sprite_lpips`) made
 differentiable: the same unit-normalised feature maps, the net frozen. (VGG is not offered: torchvision
 and its weights are not a dependency, and ImageNet features judge 64 px pixel art poorly anyway.)
@@ -11,14 +13,15 @@ Metric names (never a LoRA metric name with another meaning):
 - `recon_mse` (per-pixel mean over RGBA), `psnr` (dB, per image, averaged), `sprite_lpips` (each
   reconstruction against its input, paired), `kl` (nats per image), `active_latents` (latent dims whose
   posterior mean varies over the data by > 0.01, Burda et al.), `palette_distance` (colour histograms of
-  reconstructions against inputs, 0 to 1): on the held-out entities (the validation split; the whole set
-  when it is empty). Reconstructions decode the posterior mean.
+  reconstructions against inputs, 0 to 1): on the held-out entities. Reconstructions decode the
+  posterior mean.
 - `sprite_fid_prior`, `sprite_kid_prior`, `sprite_kid_std_prior`, `sprite_lpips_prior` (each sample against
   its nearest real sprite), `palette_distance_prior`: `eval.num_metric_samples` images decoded from fixed
-  N(0, I) latents against the whole dataset.
-- `direction_consistency`: the direction term over every entity's latent means (mean within-entity
-  variance; lower is more consistent) and `direction_consistency_ratio`: the same divided by the latents'
-  overall variance, which a collapsed (tiny) latent space cannot game.
+  N(0, I) latents against the held-out sprites.
+- `direction_consistency`: the direction term over every held-out entity's latent means (mean
+  within-entity variance; lower is more consistent) and `direction_consistency_ratio`: the same divided
+  by the latents' overall variance, which a collapsed (tiny) latent space cannot game.
+Every metric is on held-out sprites; none is computed on the training split.
 Training logs `loss`, `recon`, `kl_train`, `perceptual`, `direction`, `kl_weight`, `lr`.
 
 Exports (`export.formats`, default `onnx`): `sprite_vae_encoder.onnx` and `sprite_vae_decoder.onnx`
@@ -28,11 +31,10 @@ Exports (`export.formats`, default `onnx`): `sprite_vae_encoder.onnx` and `sprit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,13 +45,15 @@ from catsith_sweep.io import atomic_write_text
 from catsith_sweep.models.sprite_vae import SpriteVAE, direction_consistency_loss, kl_warmup_factor, vae_loss
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
-from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+from catsith_sweep.trainers.heldout import experiment_split, split_params
+from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
+from catsith_sweep.trainers.surface import VAE, TrainerSurface, budget_steps
 
 WEIGHTS_FILE = "sprite_vae.safetensors"
 CONFIG_FILE = "sprite_vae_config.json"
 CHECK_FILE = "onnx_check.json"
 SAMPLES_ARRAYS = "samples.safetensors"
-EXPORT_FORMATS = ("onnx",)
 GRID_COLUMNS = 8
 PRIOR_SEED_OFFSET = 1_000_003  # prior latents of the metrics: fixed per train.seed, apart from training noise
 ACTIVE_THRESHOLD = 0.01
@@ -76,42 +80,34 @@ def perceptual_distance(net: Any, recon: torch.Tensor, target: torch.Tensor) -> 
 class VaeTrainer:
     """Trains a SpriteVAE; exports the two ONNX graphs CatSith runs, plus its safetensors weights."""
 
+    surface: ClassVar[TrainerSurface] = VAE
+
     def __init__(self, experiment: Experiment, workdir: Path) -> None:
         self.exp = experiment
-        self.cfg: VaeSection = experiment.trainer_section  # type: ignore[assignment]
+        self.cfg = experiment.trainer_config(VaeSection)
         self.workdir = workdir
         self.step = 0
         self._net: Any = None
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        from catsith_sweep.data.dataset import EntityBatchSampler, split_indices
-
         train = self.exp.train
-        unsupported = sorted(set(self.exp.export.formats or EXPORT_FORMATS) - set(EXPORT_FORMATS))
-        if unsupported:
-            raise UserInputError(f"export.formats {unsupported} do not apply to the vae trainer; it exports "
-                                 f"{', '.join(EXPORT_FORMATS)} (and always its safetensors weights)")
-        torch.set_num_threads(train.num_threads or max(1, int(self.exp.resources.cpu)))
-        self.device = D.resolve_device(train.device)
-        self.dtype = D.resolve_dtype(train.mixed_precision, self.device)
-        self.generator = seed_everything(train.seed)
+        self.formats = self.surface.formats(self.exp)  # refused now, not after the whole budget
+        self.rt = start_runtime(self.exp)
         self.dataset = open_dataset(self.exp.data, self.exp.model.cache_dir)
         if self.dataset.size % 2 ** len(self.cfg.hidden_dims):
             raise UserInputError(f"vae.hidden_dims has {len(self.cfg.hidden_dims)} down-sampling blocks, so the "
                                  f"sprite size must be a multiple of {2 ** len(self.cfg.hidden_dims)}; "
                                  f"the dataset's is {self.dataset.size}")
-        self.train_indices, val = split_indices(self.dataset, self.exp.data.val_fraction, train.seed)
-        self.eval_indices = val or list(range(len(self.dataset)))
-        self.sampler = EntityBatchSampler(self.dataset, train.batch_size, train.seed, indices=self.train_indices)
+        self.split, self.sampler = self.split_and_sampler(self.exp, self.dataset)
+        self.train_indices, self.eval_indices = self.split.train, self.split.heldout
         self.epoch, self.batch_pos = 0, 0
         self._epoch_batches: list[list[int]] | None = None
-        self.model = SpriteVAE(self.cfg.latent_dim, self.cfg.hidden_dims, self.dataset.size, 4).to(self.device)
+        self.model = SpriteVAE(self.cfg.latent_dim, self.cfg.hidden_dims, self.dataset.size, 4).to(self.rt.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate,
                                      weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, D.lr_lambda(train.lr_scheduler, train.lr_warmup_steps, self.total_steps()))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         if self.cfg.perceptual_weight > 0:  # trained on first use: now, not inside the first step
             self.sprite_net()
 
@@ -121,14 +117,30 @@ class VaeTrainer:
         if self._net is None:
             from catsith_sweep.trainers.sampling import sprite_net
 
-            self._net = sprite_net(self.dataset, self.exp).to(self.device).eval().requires_grad_(False)
+            net = sprite_net(self.dataset, self.exp, train_indices=self.train_indices)
+            self._net = net.to(self.rt.device).eval().requires_grad_(False)
         return self._net
 
+    @staticmethod
+    def split_and_sampler(experiment: Experiment, dataset: Any) -> tuple[Any, Any]:
+        """(the held-out split, an entity-grouped batch sampler over its training side); the split
+        is refused (DatasetError) when too small to measure."""
+        from catsith_sweep.data.dataset import EntityBatchSampler
+
+        split = experiment_split(experiment, dataset)
+        train = experiment.train
+        return split, EntityBatchSampler(dataset, train.batch_size, train.seed, indices=split.train)
+
+    @classmethod
+    def batches_per_epoch(cls, experiment: Experiment, dataset: Any) -> int:
+        """Entity-grouped batches in one pass over the train split (its first epoch's count)."""
+        return len(cls.split_and_sampler(experiment, dataset)[1])
+
     def total_steps(self) -> int:
-        train = self.exp.train
-        if train.max_steps is not None:
-            return train.max_steps
-        return -(-len(self.sampler) // train.gradient_accumulation_steps) * int(train.epochs or 1)
+        return budget_steps(self.exp, lambda: len(self.sampler))
+
+    def run_params(self) -> dict[str, str]:
+        return split_params(self.split)
 
     # ---- training ----------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -147,26 +159,21 @@ class VaeTrainer:
             return torch.stack([self.dataset[i]["image"] for i in indices])
         return self.dataset.images[indices]
 
-    def _autocast(self) -> Any:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _loss(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        x = self._images(indices).to(self.device)
+        x = self._images(indices).to(self.rt.device)
         entities = [self.dataset.entities[i] for i in indices]
         kl_weight = kl_warmup_factor(self.step, self.cfg.kl_warmup_steps)
-        with self._autocast():
+        with autocast(self.rt):
             mu, log_var = self.model.encoder(x)
             # Noise from the trainer's CPU generator: a CUDA run draws what a CPU run draws, and the
             # checkpoint's one generator state covers it.
-            eps = torch.randn(mu.shape, generator=self.generator).to(mu.device, mu.dtype)
+            eps = torch.randn(mu.shape, generator=self.rt.generator).to(mu.device, mu.dtype)
             recon = self.model.decoder(mu + eps * torch.exp(0.5 * log_var))
         recon, mu, log_var = recon.float(), mu.float(), log_var.float()
         parts = vae_loss(recon, x, mu, log_var, beta=self.cfg.beta * kl_weight)
         direction = direction_consistency_loss(mu, entities)
         loss = parts["total"] + self.cfg.direction_weight * direction
-        perceptual = torch.zeros((), device=self.device)
+        perceptual = torch.zeros((), device=self.rt.device)
         if self.cfg.perceptual_weight > 0:
             perceptual = perceptual_distance(self.sprite_net(), recon, x).mean()
             loss = loss + self.cfg.perceptual_weight * perceptual
@@ -182,18 +189,12 @@ class VaeTrainer:
             sums: dict[str, float] = {}
             for _ in range(accum):
                 loss, parts = self._loss(self._next_batch())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}: {parts}")
-                self.scaler.scale(loss / accum).backward()
+                check_finite(loss, self.step, parts)
+                backward(self.rt, loss, accum)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value / accum
-            self.scaler.unscale_(self.opt)
-            if self.exp.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.max_grad_norm)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
+            optimizer_step(self.rt, self.opt, self.model.parameters(), max_grad_norm=self.exp.train.max_grad_norm,
+                           scheduler=self.sched)
             self.step += 1
             metrics = {**sums, "lr": float(self.sched.get_last_lr()[0])}
             log(self.step, metrics)
@@ -202,12 +203,13 @@ class VaeTrainer:
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def _encode(self, images: torch.Tensor, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = [self.model.encoder(images[s:s + batch_size].to(self.device)) for s in range(0, len(images), batch_size)]
+        outs = [self.model.encoder(images[s:s + batch_size].to(self.rt.device))
+                for s in range(0, len(images), batch_size)]
         return torch.cat([o[0] for o in outs]).float().cpu(), torch.cat([o[1] for o in outs]).float().cpu()
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        return torch.cat([self.model.decoder(latents[s:s + batch_size].to(self.device)).float().cpu()
+        return torch.cat([self.model.decoder(latents[s:s + batch_size].to(self.rt.device)).float().cpu()
                           for s in range(0, len(latents), batch_size)])
 
     def prior_latents(self, count: int) -> torch.Tensor:
@@ -234,15 +236,13 @@ class VaeTrainer:
         metrics["palette_distance"] = palette_distance(inputs, recon)
 
         prior = self._decode(self.prior_latents(self.exp.eval.num_metric_samples))
-        scores = compute_image_metrics(self.dataset.images, prior, backend="sprite", net=net,
-                                       seed=self.exp.train.seed)
+        scores = compute_image_metrics(inputs, prior, backend="sprite", net=net, seed=self.exp.train.seed)
         metrics.update({f"{key}_prior": value for key, value in scores.items()})
-        metrics["palette_distance_prior"] = palette_distance(self.dataset.images, prior)
+        metrics["palette_distance_prior"] = palette_distance(inputs, prior)
 
-        mu_all, _ = self._encode(self.dataset.images)
-        metrics["active_latents"] = float((mu_all.var(dim=0) > ACTIVE_THRESHOLD).sum())
-        consistency = float(direction_consistency_loss(mu_all, self.dataset.entities))
-        spread = float(mu_all.var(dim=0, unbiased=False).mean())
+        metrics["active_latents"] = float((mu.var(dim=0) > ACTIVE_THRESHOLD).sum())
+        consistency = float(direction_consistency_loss(mu, [self.dataset.entities[i] for i in self.eval_indices]))
+        spread = float(mu.var(dim=0, unbiased=False).mean())
         metrics["direction_consistency"] = consistency
         metrics["direction_consistency_ratio"] = consistency / spread if spread > 0 else math.nan
 
@@ -270,22 +270,20 @@ class VaeTrainer:
     def save(self, directory: Path) -> None:
         # The whole state dict: BatchNorm running statistics are state as much as the weights.
         save_checkpoint(directory, modules={"vae": self.model}, optimizers={"main": self.opt},
-                        schedulers={"main": self.sched}, generator=self.generator, step=self.step,
-                        extra={"epoch": self.epoch, "batch_pos": self.batch_pos,
-                               "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None})
+                        schedulers={"main": self.sched}, generator=self.rt.generator, step=self.step,
+                        extra={"epoch": self.epoch, "batch_pos": self.batch_pos}, scaler=self.rt.scaler)
 
     def restore(self, directory: Path) -> None:
         meta = load_checkpoint(directory, modules={"vae": self.model}, optimizers={"main": self.opt},
-                               schedulers={"main": self.sched}, generator=self.generator)
+                               schedulers={"main": self.sched}, generator=self.rt.generator,
+                               scaler=self.rt.scaler)
         self.step = int(meta["step"])
         self.epoch, self.batch_pos, self._epoch_batches = int(meta["epoch"]), int(meta["batch_pos"]), None
-        if meta.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(meta["scaler"])
 
     def export(self, directory: Path) -> dict[str, Path]:
         from safetensors.torch import save_file
 
-        formats: list[str] = list(self.exp.export.formats or EXPORT_FORMATS)
+        formats = self.surface.formats(self.exp)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.eval()
         out: dict[str, Path] = {"weights": directory / WEIGHTS_FILE, "vae_config": directory / CONFIG_FILE}

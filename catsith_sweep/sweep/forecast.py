@@ -1,0 +1,182 @@
+"""How far a sweep is and how long it has left: trials done / planned, the ETA, compute spent, and the
+prediction the parent run compares with what happened (`predicted_*` vs `actual_*`).
+
+The prediction comes, cheapest first, from: a plan saved by `run --dry-run` (or made by `run --plan`)
+for this same config fingerprint in `runs/<name>/plan-<fingerprint>.json`; else from the first trial
+that finishes its whole budget (its seconds, spread over its evaluations, in the planner's scheduler
+simulation). The live ETA uses the trials that already ended: their mean seconds (the first trial of
+each concurrent slot left out once later ones ended, since it also pays the trial process's imports)
+for the trials still to run, divided over the slots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from catsith_sweep.io import atomic_write_text
+from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
+
+SUMMARY_S = 5.0
+"""The end of a sweep after its last trial (stopping trials, leaderboard, plots), in the ETA."""
+
+
+@dataclass
+class Predicted:
+    """A sweep's prediction, as the parent run records it."""
+
+    wall_seconds: float
+    steps: float
+    trials: float
+    trial_seconds: float
+    """One trial of the whole budget."""
+    source: str
+    """`plan` (calibrated) or `first trial`."""
+
+
+def plan_path(runs_dir: Path, fingerprint: str) -> Path:
+    return runs_dir / f"plan-{fingerprint}.json"
+
+
+def save_plan(runs_dir: Path, fingerprint: str, prediction: Any) -> Path:
+    """Keep the planner's prediction (`plan.predict.Prediction`) for the sweep of this same config."""
+    e = prediction.expectation
+    predicted = Predicted(wall_seconds=prediction.wall_s, steps=e.steps, trials=e.trials,
+                          trial_seconds=prediction.trial_full_s, source="plan")
+    path = plan_path(runs_dir, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({**asdict(predicted), "saved": time.time()}, indent=2))
+    return path
+
+
+def load_plan(runs_dir: Path, fingerprint: str) -> Predicted | None:
+    path = plan_path(runs_dir, fingerprint)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return Predicted(**{k: data[k] for k in Predicted.__dataclass_fields__})
+
+
+class SweepForecast(Callback):
+    """A Tune callback in the driver: when each trial started and ended, the steps it reached; from
+    them the ETA, the compute spent, and the first-trial prediction when no plan was saved."""
+
+    def __init__(self, *, started: float, planned: int, slots: int, units_per_trial: float, total_steps: int,
+                 every_n_steps: int, scheduler: str, grace_period: int, reduction_factor: int,
+                 plan: Predicted | None = None) -> None:
+        self.started, self.planned, self.slots = started, planned, max(1, slots)
+        self.units_per_trial = units_per_trial
+        self.total_steps, self.every_n_steps = total_steps, every_n_steps
+        self.scheduler, self.grace_period, self.reduction_factor = scheduler, grace_period, reduction_factor
+        self.predicted = plan
+        self.begun: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.full: set[str] = set()
+        self.steps: dict[str, int] = {}
+        self.first_trial_at: float | None = None
+        self.eta_log: list[tuple[float, int, float | None]] = []
+        """(elapsed, trials ended, ETA) each time a trial ended: to measure the ETA afterwards."""
+
+    # Tune callback hooks ---------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        now = time.time()
+        self.begun.setdefault(trial.trial_id, now)
+        self.first_trial_at = self.first_trial_at or now
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if isinstance(result.get(STEP), int) and result[STEP] >= 0:
+            self.steps[trial.trial_id] = result[STEP]
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = getattr(trial, "last_result", None) or {}
+        self._ended(trial.trial_id, full=bool(result.get(FINISHED)) and not result.get(FAILED))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial.trial_id, full=False)
+
+    def _ended(self, trial_id: str, *, full: bool) -> None:
+        now = time.time()
+        self.ended.setdefault(trial_id, now)
+        self.begun.setdefault(trial_id, now)
+        if full:
+            self.full.add(trial_id)
+            if self.predicted is None:
+                self.predicted = self._predict_from(trial_id, now)
+        self.eta_log.append((now - self.started, len(self.ended), self.eta_s(now)))
+
+    # Figures -------------------------------------------------------------------------------------
+    def elapsed_s(self, now: float | None = None) -> float:
+        return (now or time.time()) - self.started
+
+    def compute_hours(self, now: float | None = None) -> float:
+        """Trial-hours times each trial's resource share (GPU-hours, or CPU-core-hours)."""
+        now = now or time.time()
+        seconds = sum(self.ended.get(t, now) - s for t, s in self.begun.items())
+        return seconds * self.units_per_trial / 3600
+
+    def trial_seconds(self) -> float | None:
+        """Expected seconds of one more trial: the mean of the trials that ended (each slot's first left
+        out once others ended), else the plan's full trial."""
+        order = sorted(self.begun, key=self.begun.__getitem__)
+        later = [t for t in order[self.slots:] if t in self.ended]
+        pool = later or [t for t in order if t in self.ended]
+        if pool:
+            return sum(self.ended[t] - self.begun[t] for t in pool) / len(pool)
+        return self.predicted.trial_seconds if self.predicted else None
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds until the sweep's summary is written, None before anything is known."""
+        now = now or time.time()
+        mean = self.trial_seconds()
+        if mean is None:
+            return None
+        running = [now - s for t, s in self.begun.items() if t not in self.ended]
+        pending = max(0, self.planned - len(self.begun))
+        work = pending * mean + sum(max(0.0, mean - e) for e in running)
+        waves = work / self.slots if pending else max((max(0.0, mean - e) for e in running), default=0.0)
+        return waves + SUMMARY_S
+
+    def _predict_from(self, trial_id: str, now: float) -> Predicted:
+        """The planner's simulation of this sweep, with the trial times this first full trial took."""
+        from catsith_sweep.plan.schedule import TrialTimes, evaluation_steps, expected_sweep
+
+        seconds = now - self.begun[trial_id]
+        steps = evaluation_steps(self.total_steps, self.every_n_steps)
+        before = [0, *steps[:-1]]
+        segments = tuple(seconds * (s - b) / self.total_steps for s, b in zip(steps, before, strict=True))
+        expectation = expected_sweep(num_trials=self.planned, times=TrialTimes(0.0, segments, 0.0), eval_steps=steps,
+                                     slots=self.slots, scheduler=self.scheduler, grace_period=self.grace_period,
+                                     reduction_factor=self.reduction_factor)
+        fixed_before = (self.first_trial_at or now) - self.started
+        return Predicted(wall_seconds=fixed_before + expectation.wall_seconds + SUMMARY_S, steps=expectation.steps,
+                         trials=self.planned, trial_seconds=seconds, source="first trial")
+
+    def progress_text(self, now: float | None = None) -> str:
+        """`trials 3/8 done, elapsed 1.2 min, ETA 2.5 min`."""
+        from catsith_sweep.progress import fmt_seconds
+
+        return (f"trials {len(self.ended)}/{self.planned} done, elapsed {fmt_seconds(self.elapsed_s(now))}, "
+                f"ETA {fmt_seconds(self.eta_s(now))}")
+
+    def actual(self, end: float | None = None) -> dict[str, float]:
+        """What happened, as the parent run records it next to the prediction."""
+        return {"wall_seconds": (end or time.time()) - self.started, "steps": float(sum(self.steps.values())),
+                "trials": float(len(self.begun))}
+
+
+def compare(predicted: Predicted | None, actual: dict[str, float]) -> dict[str, float]:
+    """`predicted_*`, `actual_*` and `*_error` (relative: (predicted - actual) / actual) metrics."""
+    out = {f"actual_{k}": v for k, v in actual.items()}
+    if predicted is None:
+        return out
+    for key, error in (("wall_seconds", "wall_error"), ("steps", "steps_error"), ("trials", "trials_error")):
+        value = float(getattr(predicted, key))
+        out[f"predicted_{key}"] = value
+        if actual[key]:
+            out[error] = (value - actual[key]) / actual[key]
+    return out

@@ -1,0 +1,154 @@
+"""`search.budget`: the limit arithmetic (unit tests on a fake forecast) and a real sweep cut by a wall
+budget (the CLI, Ray Tune, Optuna, MLflow): it ends within 5% of the budget, the trial it cut is KILLED
+in MLflow with the reason and PRUNED in Optuna, and the normal summary is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from catsith_sweep.config.schema import BudgetSection, Experiment
+from catsith_sweep.sweep.budget import SweepBudget
+from catsith_sweep.sweep.forecast import Predicted, SweepForecast, compare
+
+
+def _forecast(started: float = 0.0, **kw: object) -> SweepForecast:
+    args = {"started": started, "planned": 8, "slots": 2, "units_per_trial": 1.0, "total_steps": 100,
+            "every_n_steps": 50, "scheduler": "none", "grace_period": 1, "reduction_factor": 2}
+    return SweepForecast(**{**args, **kw})  # type: ignore[arg-type]
+
+
+def _trial(trial_id: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, last_result={"trial_finished": True, "trial_failed": False})
+
+
+def test_cost_needs_a_price() -> None:
+    with pytest.raises(ValueError, match="cost_per_hour"):
+        BudgetSection(cost_usd=5.0)
+    assert BudgetSection(cost_usd=5.0, cost_per_hour=2.5).limits() == {"cost_usd": 5.0}
+    exp = Experiment.model_validate({"name": "x", "trainer": "vae", "search": {"budget": {"wall_minutes": 2}}})
+    assert exp.search.budget is not None and exp.search.budget.wall_minutes == 2
+
+
+def test_wall_limit_is_reached_early_by_the_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
+    forecast = _forecast(started=1000.0)
+    budget = SweepBudget(BudgetSection(wall_minutes=1), forecast, reserve_s=8)
+    assert budget.check(now=1000.0 + 51) is None
+    reason = budget.check(now=1000.0 + 52)
+    assert reason is not None and "wall_minutes 1 reached" in reason
+    assert budget.check(now=1000.0 + 1) == reason  # remembered
+
+
+def test_no_new_trial_when_the_forecast_says_it_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import catsith_sweep.sweep.forecast as f
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(f.time, "time", lambda: clock["now"])
+    forecast = _forecast(started=0.0, slots=1)
+    budget = SweepBudget(BudgetSection(wall_minutes=2), forecast, reserve_s=5)
+    assert budget.refuse_new_trial(now=0.0) is None  # nothing known: the first trial starts
+    forecast.on_trial_start(0, [], _trial("a"))
+    clock["now"] = 40.0
+    forecast.on_trial_complete(0, [], _trial("a"))  # a trial takes 40 s
+    assert budget.refuse_new_trial(now=40.0) is None  # 40 + 40 + 5 <= 120
+    reason = budget.refuse_new_trial(now=80.0)  # 80 + 40 + 5 > 120
+    assert reason is not None and "past search.budget.wall_minutes 2" in reason
+    assert budget.check(now=80.0) is None  # refusing is not stopping
+
+
+def test_compute_and_cost_limits_count_trial_time_times_its_share() -> None:
+    forecast = _forecast(started=0.0, units_per_trial=0.5)  # half a GPU per trial
+    forecast.begun = {"a": 0.0, "b": 0.0}
+    forecast.ended = {"a": 3600.0}
+    assert forecast.compute_hours(now=7200.0) == pytest.approx(1.5)  # (1 h + 2 h) x 0.5
+    cost = SweepBudget(BudgetSection(cost_usd=3.0, cost_per_hour=2.0), forecast)  # $3 at $2/h = 1.5 h
+    assert cost.check(now=7199.0) is None
+    reason = cost.check(now=7200.0)
+    assert reason is not None and "cost_usd 3" in reason
+
+
+def test_predicted_vs_actual_metrics() -> None:
+    predicted = Predicted(wall_seconds=110.0, steps=90.0, trials=4, trial_seconds=20.0, source="plan")
+    figures = compare(predicted, {"wall_seconds": 100.0, "steps": 100.0, "trials": 4.0})
+    assert figures["predicted_wall_seconds"] == 110.0 and figures["actual_wall_seconds"] == 100.0
+    assert figures["wall_error"] == pytest.approx(0.1) and figures["steps_error"] == pytest.approx(-0.1)
+    assert figures["trials_error"] == 0.0
+
+
+def test_eta_from_finished_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    forecast = _forecast(started=0.0, planned=4, slots=2)
+    forecast.begun = {"a": 0.0, "b": 0.0, "c": 30.0}
+    forecast.ended = {"a": 30.0}
+    # mean 30 s; pending 1 (30 s), b has 0 s left, c has 30 - 10 left: (30 + 0 + 20) / 2 slots + summary
+    from catsith_sweep.sweep.forecast import SUMMARY_S
+
+    assert forecast.eta_s(now=40.0) == pytest.approx(25.0 + SUMMARY_S)
+
+
+EXPERIMENT = """\
+# Budget test: SpriteVAE trials, one short (3 steps) then long ones (600 steps) that the wall budget cuts.
+#   python -m catsith_sweep run exp.yaml
+name: budget_test
+trainer: vae
+data: {synth_variants: 1}
+train: {max_steps: 3, batch_size: 16, num_threads: 1, device: cpu, learning_rate: 3.0e-3}
+eval: {every_n_steps: 3, num_metric_samples: 8}
+vae: {latent_dim: 8, hidden_dims: [8, 16, 16, 32]}
+search:
+  space:
+    train.max_steps: {type: categorical, values: [3, 600]}
+  metric: recon_mse
+  mode: min
+  sampler: random
+  seed: 11  # draws 3, 600, 600, 600
+  scheduler: none
+  num_samples: 4
+  max_concurrent_trials: 1
+  budget: {wall_minutes: 2.5}
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("ray")
+@pytest.mark.timeout(600)
+def test_wall_budget_cuts_the_sweep_cleanly(tmp_path: Path, catsith_cache: Path) -> None:
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    env = {**os.environ, "CATSITH_CACHE": str(catsith_cache), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "catsith_sweep", "run", "exp.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    (sweep_dir,) = [p for p in (tmp_path / "runs" / "budget_test").iterdir() if p.is_dir()]
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    assert state["status"] == "finished" and (sweep_dir / "leaderboard.md").is_file()
+    figures = state["figures"]
+    metrics = figures["metrics"]
+    print("budget figures:", json.dumps(figures, indent=1))
+    assert metrics["budget_wall_seconds"] == 150.0
+    assert metrics["budget_wall_overshoot"] <= 0.05, metrics
+    assert "wall_minutes 2.5 reached" in figures["tags"]["catsith.budget_ended_by"]
+    assert figures["optuna_states"].get("COMPLETE") == 1 and figures["optuna_states"].get("PRUNED", 0) >= 1
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        runs = dict(con.execute("select run_uuid, status from runs").fetchall())
+        tags = con.execute("select run_uuid, key, value from tags").fetchall()
+        parent_metrics = dict(con.execute("select key, value from metrics where key like 'predicted_%' or "
+                                          "key like 'actual_%'").fetchall())
+    kinds = {r: v for r, k, v in tags if k == "catsith.run_kind"}
+    ended_by = {r: v for r, k, v in tags if k == "catsith.ended_by"}
+    trials = {r: s for r, s in runs.items() if kinds.get(r) == "trial"}
+    assert sorted(trials.values()) == ["FINISHED", "KILLED"], trials
+    killed = next(r for r, s in trials.items() if s == "KILLED")
+    assert "wall_minutes 2.5 reached" in ended_by[killed]
+    parent = next(r for r in runs if kinds.get(r) == "sweep")
+    assert runs[parent] == "FINISHED"
+    # No plan was saved: the first finished trial gave the prediction the parent run compares with.
+    assert {"predicted_wall_seconds", "actual_wall_seconds", "predicted_trials", "actual_trials"} <= set(parent_metrics)

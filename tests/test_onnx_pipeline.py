@@ -1,0 +1,56 @@
+"""The ONNX pipeline export (optimum's Stable Diffusion layout) gives the torch pipeline's images when
+run through a whole denoising loop in onnxruntime (diffusers' ONNX pipeline, as an ONNX SD runtime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from catsith_sweep.export.onnx_pipeline import COMPONENTS, export_onnx_pipeline, load_onnx_pipeline
+from catsith_sweep.models.builtin import build_untrained, to_pipeline
+from catsith_sweep.models.student import build_student
+
+PROMPTS = ["a red fighter ship facing up", "a grey asteroid"]
+
+
+def _parts(level: str | None) -> object:
+    torch.manual_seed(0)
+    parts = build_untrained(PROMPTS)
+    parts.vae.register_to_config(scaling_factor=0.7)  # not SD's 0.18215: the export must fold it in
+    if level is not None:
+        parts.unet, _ = build_student(parts.unet, level)  # type: ignore[arg-type]
+    return parts
+
+
+@pytest.mark.parametrize("level", [None, "micro"], ids=["teacher", "micro-student"])
+def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None) -> None:
+    parts = _parts(level)
+    export = export_onnx_pipeline(parts, tmp_path / "catsith-tiny-sd", resolution=64)
+    for name in COMPONENTS:
+        assert (export.directory / name / "model.onnx").is_file()
+    index = json.loads((export.directory / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "OnnxRuntimeModel"]
+    latents = torch.randn(len(PROMPTS), 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    common = {"num_inference_steps": 4, "guidance_scale": 4.0, "height": 64, "width": 64, "output_type": "np"}
+    torch_images = to_pipeline(parts)(PROMPTS, latents=latents, **common).images  # type: ignore[arg-type]
+    onnx_pipe = load_onnx_pipeline(export.directory)
+    onnx_images = onnx_pipe(PROMPTS, latents=latents.numpy(), **common).images
+    assert onnx_images.shape == torch_images.shape == (2, 64, 64, 4)
+    assert np.abs(onnx_images - torch_images).max() < 2e-3
+    assert np.abs(torch_images[0] - torch_images[1]).max() > 1e-2  # the prompts do change the images
+
+
+def test_failed_export_leaves_the_old_folder(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    parts = _parts(None)
+    parts.unet = None  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        export_onnx_pipeline(parts, target)
+    assert (target / "keep.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -1,0 +1,181 @@
+"""The planner: scheduler simulation, concurrency and totals (pure), the price table, the guide's
+formula, and one real `plan` run on the tiny test base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catsith_sweep.errors import UserInputError
+from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
+from catsith_sweep.plan.predict import Measured, SweepShape, predict
+from catsith_sweep.plan.schedule import (
+    TrialTimes,
+    asha_milestones,
+    concurrent_slots,
+    evaluation_steps,
+    expected_sweep,
+    simulate_sweep,
+)
+
+UNIT = TrialTimes(setup=0.0, segments=(1.0,) * 7, export=0.0)  # 7 evaluations of 1 s each
+
+
+# --- scheduler rules ---------------------------------------------------------------------------------
+def test_asha_milestones_follow_rays_formula() -> None:
+    assert asha_milestones(grace_period=1, reduction_factor=2, max_t=8) == [1, 2, 4, 8]
+    # lora_rank: 4 evaluations + the final report, grace 2, rf 3: one rung, at evaluation 2
+    assert asha_milestones(grace_period=2, reduction_factor=3, max_t=5) == [2]
+
+
+def test_asha_improving_trials_all_run_to_the_end() -> None:
+    outcome = simulate_sweep([0.1 * i for i in range(8)], UNIT, slots=1, scheduler="asha")
+    assert outcome.reports == [8] * 8  # 7 evaluations + the final report each
+    assert outcome.wall_seconds == pytest.approx(8 * 7)  # 8 trials of 7 one-second segments
+
+
+def test_asha_worsening_trials_stop_at_the_first_rung() -> None:
+    """grace 1, rf 2, 8 trials, 4 rungs: each trial worse than all before it is cut at rung 1, except
+    the first, which has nothing to be compared with: 7 + 7 x 1 = 14 evaluations."""
+    outcome = simulate_sweep([1.0 - 0.1 * i for i in range(8)], UNIT, slots=1, scheduler="asha")
+    assert outcome.reports == [8] + [1] * 7
+    assert outcome.busy_seconds == pytest.approx(14)
+
+
+def test_asha_expected_stops_with_one_rung_are_half_of_the_later_trials() -> None:
+    """With one comparison at rf 2, trial k goes on when it beats the median of the k-1 before it:
+    probability 1/2 for every k > 1 (symmetry), so (8 - 1) / 2 = 3.5 trials stop."""
+    times = TrialTimes(setup=0.0, segments=(1.0,), export=0.0)
+    exp = expected_sweep(num_trials=8, times=times, eval_steps=[10], slots=1, scheduler="asha", draws=4000)
+    assert exp.stopped_early == pytest.approx(3.5, abs=0.1)
+    assert exp.steps == pytest.approx(80)  # a stop at the only evaluation saves only the export
+
+
+def test_asha_expected_steps_grace1_rf2_8_trials_4_rungs() -> None:
+    steps = evaluation_steps(70, 10)
+    exp = expected_sweep(num_trials=8, times=UNIT, eval_steps=steps, slots=1, scheduler="asha")
+    # between "all stop at rung 1 but the first" (14 evaluations) and "none stop" (56)
+    assert 14 < exp.evaluations < 40
+    assert exp.steps == pytest.approx(exp.evaluations * 10)
+    fifo = expected_sweep(num_trials=8, times=UNIT, eval_steps=steps, slots=1, scheduler="none")
+    assert fifo.evaluations == 56 and fifo.stopped_early == 0 and fifo.steps == 8 * 70
+
+
+def test_median_rule_needs_two_others() -> None:
+    outcome = simulate_sweep([1.0, 0.9, 0.0], UNIT, slots=1, scheduler="median", grace_period=1)
+    assert outcome.reports == [8, 8, 1]  # the third is below the median of the two before, at once
+
+
+def test_two_slots_halve_the_wall_time_of_equal_trials() -> None:
+    one = simulate_sweep([0.0] * 4, UNIT, slots=1, scheduler="none")
+    two = simulate_sweep([0.0] * 4, UNIT, slots=2, scheduler="none")
+    assert one.wall_seconds == pytest.approx(28) and two.wall_seconds == pytest.approx(14)
+    assert one.busy_seconds == two.busy_seconds == pytest.approx(28)
+
+
+def test_evaluation_steps_end_at_the_budget() -> None:
+    assert evaluation_steps(320, 80) == [80, 160, 240, 320]
+    assert evaluation_steps(300, 80) == [80, 160, 240, 300]
+
+
+def test_concurrency_is_limited_by_resources() -> None:
+    assert concurrent_slots(max_concurrent=4, cpu_per_trial=1, gpu_per_trial=0, machine_cpus=2, machine_gpus=0) == 2
+    assert concurrent_slots(max_concurrent=4, cpu_per_trial=1, gpu_per_trial=0.5, machine_cpus=16,
+                            machine_gpus=1) == 2
+    assert concurrent_slots(max_concurrent=2, cpu_per_trial=1, gpu_per_trial=1, machine_cpus=16, machine_gpus=0) == 0
+
+
+def test_predict_totals_add_up() -> None:
+    m = Measured(total_steps=40, setup_s=2.0, step_s=0.5, eval_s=3.0, save_s=0.0, export_s=1.0, imports_s=10.0)
+    shape = SweepShape(num_trials=4, every_n_steps=20, scheduler="none", grace_period=1, reduction_factor=2,
+                       max_concurrent=2, cpu_per_trial=1, gpu_per_trial=0, threads_per_trial=1,
+                       machine_cpus=2, machine_gpus=0)
+    pred = predict(m, shape)
+    assert pred.slots == 2 and pred.contention == 1.0
+    # two rounds of two trials; each trial is setup + 2 x (20 steps + eval) with tracking share + export
+    assert pred.trial_full_s == pytest.approx(2.0 + 0.2 + 2 * (10 + 3) * 1.016 + 1.0)
+    assert pred.wall_s == pytest.approx(pred.fixed_s + 2 * pred.trial_full_s)
+    # 4 threads wanted on 2 cores: each trial twice as slow
+    slow = predict(m, SweepShape(**{**shape.__dict__, "threads_per_trial": 2}))
+    assert slow.contention == 2.0 and slow.trial_full_s > 1.9 * pred.trial_full_s - 2
+
+
+# --- prices and the guide --------------------------------------------------------------------------
+def test_shipped_price_table_has_the_guides_rates() -> None:
+    prices = load_prices()
+    rates = {o.provider: o.usd_per_hour for o in prices.gpus["a100-40gb"].offers}
+    assert rates == {"Lambda Labs": 1.10, "RunPod": 1.44, "AWS p4d": 3.50, "Google Cloud": 3.67}
+    assert prices.device_speed("cpu (1 thread(s))").guess
+
+
+def test_hardware_cost_scales_by_speed_and_marks_guesses() -> None:
+    rows = hardware_costs(load_prices(), device_name="cpu (1 thread(s))", fixed_seconds=0, scaled_wall_seconds=3600,
+                          scaled_busy_seconds=7200, gpus=2, kinds=["a100-40gb"])
+    lambda_row = next(r for r in rows if r.provider == "Lambda Labs")
+    assert lambda_row.speed_ratio == pytest.approx(10) and lambda_row.guess
+    assert lambda_row.usd == pytest.approx(0.1 * 2 * 1.10)
+    with pytest.raises(UserInputError, match="unknown kind"):
+        hardware_costs(load_prices(), device_name="cpu", fixed_seconds=0, scaled_wall_seconds=1,
+                       scaled_busy_seconds=1, gpus=1, kinds=["tpu-v9"])
+    assert gpus_rented(2, 0) == 2 and gpus_rented(4, 0.5) == 2
+
+
+def test_bad_price_table_names_file_and_key(tmp_path: Path) -> None:
+    data = yaml.safe_load(load_prices.__globals__["DEFAULT_PRICES"].read_text())
+    data["gpus"]["a100-40gb"]["offers"][0]["usd_per_hour"] = -1
+    path = tmp_path / "prices.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserInputError, match=r"gpus\.a100-40gb\.offers\.0\.usd_per_hour"):
+        load_prices(path)
+
+
+def test_guide_formula_reproduces_its_examples() -> None:
+    assert estimate_training_cost("lora", 1000, 10) == {
+        "method": "lora", "dataset_size": 1000, "epochs": 10, "estimated_hours": 1.7, "estimated_cost": 1.83}
+    # the guide prints this for 10000 images; it is the figure for 1000 (see estimate_training_cost)
+    example2 = estimate_training_cost("distill", 1000, 50)
+    assert (example2["estimated_hours"], example2["estimated_cost"]) == (33.3, 36.67)
+    as_coded = estimate_training_cost("lora", 1000, 10, as_coded=True)
+    assert (as_coded["estimated_hours"], as_coded["estimated_cost"]) == (0.4, 0.46)
+
+
+def test_guide_formula_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from catsith_sweep.cli import main
+
+    assert main(["plan", "--guide-formula", "--method", "lora", "--dataset-size", "1000", "--epochs", "10"]) == 0
+    assert "'estimated_hours': 1.7, 'estimated_cost': 1.83" in capsys.readouterr().out
+    assert main(["plan", "--guide-formula", "--method", "sdxl"]) == 2
+
+
+def test_plan_refuses_to_build_a_missing_builtin_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from catsith_sweep.cli import main
+
+    monkeypatch.setenv("CATSITH_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["plan", "experiments/lora_rank.yaml"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert not (tmp_path / "empty-cache" / "catsith-tiny").exists()
+
+
+# --- a real calibration on the tiny base -----------------------------------------------------------
+@pytest.mark.integration
+def test_plan_on_the_tiny_base(tiny_base: Path, use_catsith_cache: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.plan.calibrate import CAP_SECONDS
+    from catsith_sweep.plan.command import print_plan_block
+
+    loaded = load_experiment(Path("experiments/lora_rank.yaml"), [
+        f"model.base={tiny_base}", f"model.cache_dir={use_catsith_cache}", "data.synth_variants=1",
+        "train.max_steps=200", "eval.every_n_steps=100", "eval.num_metric_samples=8", "eval.num_inference_steps=4",
+        "eval.seeds=[0]", "train.batch_size=4", "search.num_samples=20", "train.device=cpu"])
+    cal, pred = print_plan_block(loaded, gpus=["a100-40gb"])
+    text = capsys.readouterr().out
+    assert cal.calibration_s <= min(cal.cap_s, CAP_SECONDS), cal.notes
+    assert cal.step_s > 0 and cal.eval_s > 0 and cal.total_steps == 200
+    assert pred.expectation.trials == 20 and 0 <= pred.expectation.stopped_early <= 19
+    assert pred.wall_s > pred.fixed_s
+    for needle in ("s/step", "s/eval", "wall time", "Lambda Labs", "(guess)", "assumptions"):
+        assert needle in text
