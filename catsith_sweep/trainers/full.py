@@ -98,7 +98,7 @@ class FullTrainer:
             recon = vae.decode(posterior.sample(generator=None)).sample
         rec = reconstruction_loss(self.cfg.vae_loss, recon.float(), pixels)
         kl = posterior.kl().float().mean()
-        return rec + self.cfg.vae_kl_weight * kl, {f"vae_recon_{self.cfg.vae_loss}": rec.item(), "vae_kl": kl.item()}
+        return rec + self.cfg.vae_kl_weight * kl, {"vae_recon": rec.item(), "vae_kl": kl.item()}
 
     def _cache_latents(self) -> None:
         """Freeze the VAE, set its scaling factor so latents have unit variance (as SD's 0.18215 does
