@@ -222,6 +222,16 @@ class FullSection(Section):
     vae_batch_size: int = Field(16, ge=1)
     vae_kl_weight: float = Field(1e-6, ge=0)
     """KL weight of the VAE (small: the latent must stay informative)."""
+    vae_loss: Literal["sprite", "mse"] = "sprite"
+    """VAE reconstruction loss: `sprite` is L1 on colour weighted by alpha plus L1 on alpha (what the
+    round trip on opaque pixels measures; models/vae_loss.py); `mse` is plain MSE on RGBA."""
+    vae_lr_scheduler: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule of the VAE phase, over its `vae_steps` (no warm-up)."""
+    vae_recolour: float = Field(0.5, ge=0, le=1)
+    """Share of VAE-phase sprites given a random hue, saturation and gamma, so the VAE learns to
+    represent palettes it was not built on (a user's sheet, a new style). 0: off."""
+    vae_turns: bool = True
+    """Turn each VAE-phase batch by a random multiple of 90 degrees and maybe mirror it."""
     noise_offset: float = Field(0.0, ge=0)
     caption_dropout_rate: float = Field(0.1, ge=0, le=1)
     """Empty captions in training, so classifier-free guidance has an unconditional model."""

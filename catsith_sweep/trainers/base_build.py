@@ -22,15 +22,20 @@ from catsith_sweep.models.builtin import builtin_dir, parse_builtin
 from catsith_sweep.progress import Phase, PhasedEta, ProgressLine
 from catsith_sweep.trainers.base import Report, run_trial
 
-# Sized for a 2-core CPU: about 12-13 minutes on an idle machine (measured rates: VAE 0.22 s/step,
-# UNet + text encoder 0.285 s/step at batch 32), inside the 15-minute target.
+# Sized for a 2-core CPU. v1 (8x8x4 latent, 600 VAE + 2000 UNet steps) took 686 s on an idle machine
+# (VAE 0.22 s/step, UNet + text encoder 0.285 s/step at batch 32). v2 (16x16x4 latent) costs per step,
+# by FLOP count: VAE 1.10x, UNet 1.40x; with 1200 VAE steps that is an ESTIMATED 18-19 minutes, not yet
+# timed on an idle machine. The VAE steps were doubled because the round trip is the ceiling of every
+# LoRA: on held-out 16bit / handheld / a rendered sheet (bench/vae_roundtrip.py) 600 steps gave
+# 27/33/33 per 255, 900 (600 continued for 300) 22/30/28, 1200 (continued again) 16/19/18; 1200 is
+# the most the 20-minute allowance holds (bench/README.md has every probe).
 BUILTIN_BASE_CONFIG = {
     "name": "catsith-tiny-base",
     "trainer": "full",
-    "train": {"max_steps": 2600, "batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
+    "train": {"max_steps": 3200, "batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
               "lr_warmup_steps": 100, "num_threads": 2},
-    "full": {"vae_steps": 600},
-    "eval": {"every_n_steps": 650, "num_metric_samples": 48},
+    "full": {"vae_steps": 1200, "vae_learning_rate": 2e-3},
+    "eval": {"every_n_steps": 800, "num_metric_samples": 48},
 }
 
 

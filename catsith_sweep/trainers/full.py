@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from catsith_sweep.config.schema import Experiment, FullSection
 from catsith_sweep.data.source import open_dataset
 from catsith_sweep.models.builtin import DiffusionParts, build_untrained, save_parts
+from catsith_sweep.models.vae_loss import augment_vae_batch, reconstruction_loss
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
@@ -64,6 +64,8 @@ class FullTrainer:
             enable = getattr(text_encoder, "activation_checkpointing_enable", None)
             (enable or text_encoder.gradient_checkpointing_enable)({"use_reentrant": False})
         self.vae_opt = torch.optim.AdamW(self.parts.vae.parameters(), lr=self.cfg.vae_learning_rate)
+        self.vae_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.vae_opt, D.lr_lambda(self.cfg.vae_lr_scheduler, 0, self.cfg.vae_steps))
         self.params = [*self.parts.unet.parameters(), *self.parts.text_encoder.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
         main_steps = max(1, self.total_steps() - self.cfg.vae_steps)
@@ -88,14 +90,15 @@ class FullTrainer:
 
     def _vae_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         vae = self.parts.vae
-        pixels = D.to_vae_pixels(self.images[self._batch(self.cfg.vae_batch_size)], self.parts.rgba)
-        pixels = pixels.to(self.rt.device)
+        images = augment_vae_batch(self.images[self._batch(self.cfg.vae_batch_size)], self.rt.generator,
+                                   recolour_share=self.cfg.vae_recolour, turns=self.cfg.vae_turns)
+        pixels = D.to_vae_pixels(images, self.parts.rgba).to(self.rt.device)
         with autocast(self.rt):
             posterior = vae.encode(pixels).latent_dist
             recon = vae.decode(posterior.sample(generator=None)).sample
-        rec = F.mse_loss(recon.float(), pixels)
+        rec = reconstruction_loss(self.cfg.vae_loss, recon.float(), pixels)
         kl = posterior.kl().float().mean()
-        return rec + self.cfg.vae_kl_weight * kl, {"vae_recon_mse": rec.item(), "vae_kl": kl.item()}
+        return rec + self.cfg.vae_kl_weight * kl, {"vae_recon": rec.item(), "vae_kl": kl.item()}
 
     def _cache_latents(self) -> None:
         """Freeze the VAE, set its scaling factor so latents have unit variance (as SD's 0.18215 does
@@ -143,8 +146,9 @@ class FullTrainer:
                 backward(self.rt, loss, accum)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value / accum
-            if vae_phase:  # no clipping and no schedule: the VAE phase's recipe
-                optimizer_step(self.rt, self.vae_opt, self.parts.vae.parameters(), max_grad_norm=None)
+            if vae_phase:  # no clipping: the VAE phase's recipe
+                optimizer_step(self.rt, self.vae_opt, self.parts.vae.parameters(), max_grad_norm=None,
+                               scheduler=self.vae_sched)
                 metrics = sums
             else:
                 optimizer_step(self.rt, self.opt, self.params, max_grad_norm=self.exp.train.max_grad_norm,
@@ -167,8 +171,8 @@ class FullTrainer:
 
     def save(self, directory: Path) -> None:
         save_checkpoint(directory, modules=self._modules(), optimizers={"vae": self.vae_opt, "main": self.opt},
-                        schedulers={"main": self.sched}, generator=self.rt.generator, step=self.step,
-                        extra={"scaling_factor": float(self.parts.vae.config.scaling_factor)},
+                        schedulers={"main": self.sched, "vae": self.vae_sched}, generator=self.rt.generator,
+                        step=self.step, extra={"scaling_factor": float(self.parts.vae.config.scaling_factor)},
                         scaler=self.rt.scaler)
         self.parts.tokenizer.save_pretrained(directory / "tokenizer")
 
@@ -178,7 +182,7 @@ class FullTrainer:
         self.parts.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         meta = load_checkpoint(directory, modules=self._modules(),
                                optimizers={"vae": self.vae_opt, "main": self.opt},
-                               schedulers={"main": self.sched}, generator=self.rt.generator,
+                               schedulers={"main": self.sched, "vae": self.vae_sched}, generator=self.rt.generator,
                                scaler=self.rt.scaler)
         self.step = int(meta["step"])
         self.parts.vae.register_to_config(scaling_factor=meta["scaling_factor"])

@@ -127,7 +127,7 @@ FULL = TrainerSurface(
     export_formats=("diffusers",),
     default_formats=("diffusers",),
     # Evaluations in the VAE phase carry its training metrics only; later ones the sampling metrics.
-    metrics=(*SAMPLING_METRICS, "loss", "lr", "vae_recon_mse", "vae_kl"),
+    metrics=(*SAMPLING_METRICS, "loss", "lr", "vae_recon", "vae_kl"),
     steps_before_epochs="full.vae_steps",
     budget_keys=("full.vae_steps",),
 )
