@@ -10,7 +10,7 @@ import torch
 from catsith_sweep.models.builtin import UNET_CONFIG
 from catsith_sweep.models.student import LEVELS, build_student, count_params, plan_student
 
-SD_LIKE = {**UNET_CONFIG, "layers_per_block": 2, "block_out_channels": [32, 64, 64]}
+SD_LIKE = {**UNET_CONFIG, "layers_per_block": 2, "block_out_channels": [32, 48, 64, 64]}
 
 
 def _teacher(config: dict) -> torch.nn.Module:
@@ -20,7 +20,7 @@ def _teacher(config: dict) -> torch.nn.Module:
     teacher = UNet2DConditionModel(**config)
     with torch.no_grad():
         for p in teacher.parameters():  # distinct values everywhere, so a wrong mapping cannot match
-            p.normal_()
+            p.normal_(std=0.05)
     return teacher.eval()
 
 
@@ -45,8 +45,11 @@ def test_levels_remove_what_they_say() -> None:
     small, tiny, micro = (plan_student(UNET_CONFIG, level) for level in LEVELS)
     assert small.config["mid_block_type"] is None
     assert small.config["down_block_types"] == UNET_CONFIG["down_block_types"]
-    assert tiny.config["down_block_types"][0] == "DownBlock2D"
-    assert tiny.config["up_block_types"][-1] == "UpBlock2D"
+    first = UNET_CONFIG["down_block_types"].index("CrossAttnDownBlock2D")  # the outermost stage with attention
+    assert tiny.config["down_block_types"][first] == "DownBlock2D"
+    assert tiny.config["up_block_types"][len(UNET_CONFIG["up_block_types"]) - 1 - first] == "UpBlock2D"
+    assert tiny.config["down_block_types"].count("CrossAttnDownBlock2D") == \
+        UNET_CONFIG["down_block_types"].count("CrossAttnDownBlock2D") - 1
     assert micro.config["block_out_channels"] == UNET_CONFIG["block_out_channels"][:-1]
     assert micro.up_offset == 1 and micro.sliced  # builtin: 128 -> 96 channels at the new innermost stage
     two_pairs = plan_student(SD_LIKE, "small")
@@ -68,6 +71,6 @@ def test_saved_student_reloads_exactly(tmp_path: Path, level: str) -> None:
     student.save_pretrained(tmp_path, safe_serialization=True)
     reloaded, info = UNet2DConditionModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
-    sample, encoder = torch.randn(1, 4, 8, 8), torch.randn(1, 8, UNET_CONFIG["cross_attention_dim"])
+    sample, encoder = torch.randn(1, 4, 16, 16), torch.randn(1, 8, UNET_CONFIG["cross_attention_dim"])
     with torch.no_grad():
         assert torch.equal(student(sample, 10, encoder).sample, reloaded.eval()(sample, 10, encoder).sample)

@@ -34,11 +34,16 @@ def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None) -
         assert (export.directory / name / "model.onnx").is_file()
     index = json.loads((export.directory / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "OnnxRuntimeModel"]
-    latents = torch.randn(len(PROMPTS), 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    common = {"num_inference_steps": 4, "guidance_scale": 4.0, "height": 64, "width": 64, "output_type": "np"}
-    torch_images = to_pipeline(parts)(PROMPTS, latents=latents, **common).images  # type: ignore[arg-type]
+    factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # type: ignore[attr-defined]
+    side = 64 // factor
+    latents = torch.randn(len(PROMPTS), 4, side, side, generator=torch.Generator().manual_seed(1))
+    common = {"num_inference_steps": 4, "guidance_scale": 4.0, "output_type": "np"}
+    torch_images = to_pipeline(parts)(PROMPTS, latents=latents, height=64, width=64,  # type: ignore[arg-type]
+                                      **common).images
     onnx_pipe = load_onnx_pipeline(export.directory)
-    onnx_images = onnx_pipe(PROMPTS, latents=latents.numpy(), **common).images
+    # diffusers' ONNX pipeline sizes latents as height // 8 whatever the VAE (optimum's reads the factor from
+    # vae_decoder/config.json); asking it for 8 * side pixels gives the latent side a 64 px sprite has here.
+    onnx_images = onnx_pipe(PROMPTS, latents=latents.numpy(), height=8 * side, width=8 * side, **common).images
     assert onnx_images.shape == torch_images.shape == (2, 64, 64, 4)
     assert np.abs(onnx_images - torch_images).max() < 2e-3
     assert np.abs(torch_images[0] - torch_images[1]).max() > 1e-2  # the prompts do change the images

@@ -9,8 +9,8 @@ removals that apply to any diffusers `UNet2DConditionModel` and say which steps 
 |---------|---------------------------------------------------------------------------------------|
 | `small` | one resnet/attention pair per stage where a stage has two or more (BK-SDM Base), and   |
 |         | the mid block (BK-SDM Small)                                                           |
-| `tiny`  | the attention of the highest-resolution stage (down and up): at 8x8 latents it is the  |
-|         | most expensive part of the builtin UNet, and the lower stages keep the text            |
+| `tiny`  | the attention of the highest-resolution stage that has any (down and up): on the       |
+|         | builtin UNet it is the most expensive part, and the lower stages keep the text         |
 |         | conditioning                                                                           |
 | `micro` | the innermost stage (BK-SDM Tiny); the block above it loses its down-sampler           |
 
@@ -110,12 +110,16 @@ def plan_student(teacher_config: Mapping[str, Any], level: StudentLevel) -> Stud
 
 
 def _remove_outer_attention(config: dict[str, Any]) -> str:
+    """Plain resnet blocks where the highest-resolution stage with attention had cross-attention blocks
+    (down stage i and its mirror, up stage n - 1 - i)."""
     down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    if down[0] not in _PLAIN:
-        return "outer-stage attention: the teacher has none there"
-    down[0], up[-1] = _PLAIN[down[0]], _PLAIN.get(up[-1], up[-1])
+    stage = next((i for i, kind in enumerate(down) if kind in _PLAIN), None)
+    if stage is None:
+        return "outer-stage attention: the teacher has none"
+    mirror = len(up) - 1 - stage
+    down[stage], up[mirror] = _PLAIN[down[stage]], _PLAIN.get(up[mirror], up[mirror])
     config["down_block_types"], config["up_block_types"] = down, up
-    return f"attention of the outer stage ({config['block_out_channels'][0]} channels)"
+    return f"attention of the highest-resolution attention stage ({config['block_out_channels'][stage]} channels)"
 
 
 def _remove_innermost_stage(config: dict[str, Any]) -> str:
