@@ -28,6 +28,8 @@ BEST_TRIAL = "catsith.best_trial"
 BEST_RUN_ID = "catsith.best_run_id"
 SWEEP_STATUS = "catsith.sweep_status"
 """How the sweep ended: finished, interrupted, failed (the run's MLflow status says it too)."""
+BASELINE_SOURCE = "catsith.baseline_source"
+"""How the baseline was made: evaluated now, or reused from the cache (with its key)."""
 ENDED_BY = "catsith.ended_by"
 """Why a sweep or trial run ended other than by finishing (Ctrl-C, SIGTERM, the driver's error)."""
 
