@@ -114,8 +114,9 @@ def cache_key(experiment: Experiment, *, dataset_fingerprint: str, code_version:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def cache_folder(experiment: Experiment, key: str) -> Path:
-    return cache_root(experiment.model.cache_dir) / BASELINES_DIR / key
+def cache_folder(experiment: Experiment, key: str, cache_dir: Path | None = None) -> Path:
+    """`<cache>/baselines/<key>`; the cache is `cache_dir`, else the experiment's (`model.cache_dir`)."""
+    return (cache_dir or cache_root(experiment.model.cache_dir)) / BASELINES_DIR / key
 
 
 def load_cached(folder: Path) -> Baseline | None:
@@ -149,7 +150,11 @@ def store(folder: Path, baseline: Baseline) -> Baseline:
             staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return load_cached(folder) or baseline
+    kept = load_cached(folder)
+    if kept is None:
+        return baseline
+    kept.cached, kept.seconds = False, baseline.seconds  # made now, though read back from the cache
+    return kept
 
 
 def evaluate_at_seeds(experiment: Experiment, workdir: Path, seeds: int) -> Baseline:
@@ -177,11 +182,11 @@ def evaluate_at_seeds(experiment: Experiment, workdir: Path, seeds: int) -> Base
 
 
 def baseline_for(experiment: Experiment, workdir: Path, *, dataset_fingerprint: str, code_version: str,
-                 use_cache: bool = True) -> Baseline:
-    """The baseline of `experiment`: from the cache when this setup was evaluated before, else
-    evaluated now (in `workdir`) and cached."""
+                 use_cache: bool = True, cache_dir: Path | None = None) -> Baseline:
+    """The baseline of `experiment`: from the cache (`cache_folder`) when this setup was evaluated
+    before, else evaluated now (in `workdir`) and cached."""
     key = cache_key(experiment, dataset_fingerprint=dataset_fingerprint, code_version=code_version)
-    folder = cache_folder(experiment, key)
+    folder = cache_folder(experiment, key, cache_dir)
     if use_cache and (cached := load_cached(folder)) is not None:
         return cached
     made = evaluate_at_seeds(experiment, workdir, experiment.eval.noise_seeds)
