@@ -178,7 +178,7 @@ def test_ignored_key_in_a_space_file_names_that_file(tmp_path: Path, capsys: pyt
     code, err = _validate(path, capsys)
     assert code == 2
     assert f"{spaces / 's.yaml'}:3 search.space.eval.guidance_scale: trainer `vae` does not read" in err, err
-    assert "under `eval` it reads: every_n_steps, num_metric_samples" in err
+    assert "under `eval` it reads: every_n_steps, noise_seeds, num_metric_samples" in err
 
 
 def test_keys_left_at_their_defaults_are_fine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

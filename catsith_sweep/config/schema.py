@@ -150,6 +150,12 @@ class EvalSection(Section):
     feature_extractor: Literal["sprite", "inception"] = "sprite"
     """`sprite`: the project's sprite network (offline); `inception`: torchmetrics' official nets
     (needs the `official-metrics` extra and their weights). Metric names carry the choice."""
+    noise_seeds: int = Field(3, ge=1, le=20)
+    """Evaluations of the sweep's untuned starting point (its baseline), each at its own eval seed:
+    their spread is the sweep's noise floor (`noise_floor_<metric>` on the parent run), and trials
+    within it of the best are ties on the leaderboard. The first is the trials' own seed, so
+    `baseline_<metric>` compares like for like. Costs that many evaluations once per setup (cached);
+    1: no noise floor and no ties."""
 
 
 class LoraSection(Section):

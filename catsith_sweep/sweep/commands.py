@@ -100,29 +100,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print_front(_print_table, out.print, uri, outcome.parent_run_id, outcome.rows)
     elif outcome.best:
-        _print_table(leaderboard_table(outcome.rows, outcome.metric, outcome.mode, top=TOP_SHOWN,
+        from catsith_sweep.sweep.baseline import floor_of, verdict
+
+        floor = floor_of(outcome.noise_floors, outcome.metric)
+        _print_table(leaderboard_table(outcome.rows, outcome.metric, outcome.mode, top=TOP_SHOWN, noise_floor=floor,
                                        title=f"best trials by {outcome.metric} ({outcome.mode})"))
         value, before = outcome.best.value(outcome.metric), (outcome.baseline or {}).get(outcome.metric)
         if value is not None and before is not None:
-            out.print(f"{outcome.metric}: best {value:.4g} vs {before:.4g} before training")
+            out.print(f"{outcome.metric}: {verdict(value, before, floor, outcome.mode)}")
     out.print(f"leaderboard: {outcome.sweep_dir / 'leaderboard.md'}; in the terminal: python -m catsith_sweep "
               f"leaderboard {loaded.experiment.mlflow_experiment}; browse: python -m catsith_sweep ui")
     return 0 if outcome.best else 1
 
 
-def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, *, title: str, top: int | None = None) -> Table:
-    """Trials as the leaderboard shows them: ranked ones first, then the others (all, or the `top` best)."""
+def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, *, title: str, top: int | None = None,
+                      noise_floor: float | None = None) -> Table:
+    """Trials as the leaderboard shows them: ranked ones first, then the others (all, or the `top` best);
+    `tie` marks the best and the trials within `noise_floor` of it (`sweep.baseline.tie_marks`)."""
+    from catsith_sweep.sweep.baseline import tie_marks, ties_note
     from catsith_sweep.sweep.summary import ordered, params_text
 
-    table = Table(title=title)
-    for column in ("rank", "trial", "name", "outcome", metric):
+    marks = tie_marks(rows, metric, mode, noise_floor)
+    table = Table(title=title, caption=ties_note(metric, noise_floor))
+    for column in ("rank", "tie", "trial", "name", "outcome", metric):
         table.add_column(column, no_wrap=column != "name", overflow="fold")
     for column in ("params", "run id"):  # folded when narrow, never cut: a run id is copied into --run-id
         table.add_column(column, overflow="fold")
     shown = ordered(rows, metric, mode)
     for position, row in shown[:top] if top else shown:
         value = row.value(metric)
-        table.add_row(str(position or "-"), row.trial, escape(row.name), str(row.outcome),
+        table.add_row(str(position or "-"), marks.get(row.trial, ""), row.trial, escape(row.name), str(row.outcome),
                       f"{value:.5g}" if value is not None else "", escape(params_text(row, "\n")), row.run_id)
     return table
 
@@ -145,7 +152,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         from catsith_sweep.sweep.multi import print_front
 
         print_front(_print_table, out.print, uri, sweep.run_id, rows)
+    from catsith_sweep.sweep.baseline import floor_of
+
     _print_table(leaderboard_table(rows, sweep.metric, sweep.mode,
+                                   noise_floor=floor_of(queries.sweep_metrics(uri, sweep), sweep.metric),
                                    title=f"{args.experiment_name}: {sweep.name} ({sweep.metric}, {sweep.mode})"))
     return 0
 

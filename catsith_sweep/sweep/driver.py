@@ -40,6 +40,8 @@ class SweepOutcome:
     """Every trial, as the leaderboard shows them."""
     metric: str = ""
     mode: str = "min"
+    noise_floors: dict[str, float] = field(default_factory=dict)
+    """`noise_floor_<metric>` of the baseline (see `sweep.baseline`); empty without one."""
 
 
 def git_commit() -> str:
@@ -223,15 +225,20 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
     sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
     sweep = _sweep_run(uri, parent_run_id)
+    job = None
+    if "baseline" not in json.loads((sweep_dir / STATE_FILE).read_text()):
+        from catsith_sweep.sweep.baseline import start_job
+
+        job = start_job(exp, sweep_dir / "baseline", dataset_dir=dataset_dir, code_version=git_commit(), log=log)
     with ending_runs_on_failure(uri, sweep, sweep_dir):
-        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address, started=started)
+        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address, started=started, baseline_job=job)
 
 
 def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
                 fingerprint: str, log: Any) -> tuple[Path, str]:
     """(sweep folder, parent run id): the interrupted sweep `sweep_dir` reopened, or a new one with its
-    parent run and baseline."""
-    from catsith_sweep.sweep.summary import log_baseline, start_parent_run
+    parent run (its baseline is evaluated beside the first trials: `sweep.baseline`)."""
+    from catsith_sweep.sweep.summary import start_parent_run
     from catsith_sweep.tracking import redact_uri, sweep_runs
 
     if sweep_dir is not None:
@@ -249,10 +256,6 @@ def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir
     parent_run_id = start_parent_run(uri, experiment_id, loaded, sweep_dir.name)
     write_state(sweep_dir, parent_run_id=parent_run_id, status=SweepStatus.RUNNING.value, fingerprint=fingerprint,
                 experiment=str(loaded.path), tracking_uri=redact_uri(uri), experiment_id=experiment_id)
-    with ending_runs_on_failure(uri, _sweep_run(uri, parent_run_id), sweep_dir):
-        log("evaluating the starting point (no training) as the baseline")
-        baseline = log_baseline(uri, parent_run_id, loaded, sweep_dir / "baseline")
-    write_state(sweep_dir, baseline={k: v for k, v in baseline.items() if isinstance(v, float)})
     return sweep_dir, parent_run_id
 
 
@@ -296,8 +299,18 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, timeout: float | None = None) -> None:
+    """Wait for the baseline job (if this run started one), log it on the parent run, keep it in the state."""
+    from catsith_sweep.sweep.baseline import log_to_parent
+
+    baseline = job.wait(timeout) if job is not None else None
+    if baseline is not None:
+        log_to_parent(uri, sweep.run_id, baseline)
+        write_state(sweep_dir, baseline=baseline.metrics, noise_floors=baseline.noise_floors)
+
+
 def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
-               address: str | None, *, started: float) -> SweepOutcome:
+               address: str | None, *, started: float, baseline_job: Any = None) -> SweepOutcome:
     from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
     from catsith_sweep.sweep.space import optuna_space
     from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
@@ -332,18 +345,22 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     elif results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         why = "interrupted (Ctrl-C): resumable with run --resume"
+        _collect_baseline(baseline_job, uri, sweep, sweep_dir, timeout=0)
         sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
         write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
         return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
     sweep_runs.close_orphaned_trials(uri, sweep.experiment_id, sweep.run_id,
                                     {r.metrics.get("trial_id") for r in results})
-    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir)
+    _collect_baseline(baseline_job, uri, sweep, sweep_dir)
+    state = json.loads((sweep_dir / STATE_FILE).read_text())
+    floors = state.get("noise_floors", {})
+    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir,
+                                     noise_floor=floors.get(f"noise_floor_{sweep.metric}"))
     record = budgets.figures(forecast, budget, states)
     sweep_runs.log_sweep_figures(uri, sweep.run_id, record["metrics"], record["tags"])
     write_state(sweep_dir, figures=record)
     best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
     write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
                 counts={k.value: v for k, v in counts.items()})
-    baseline = json.loads((sweep_dir / STATE_FILE).read_text()).get("baseline", {})
-    return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=baseline, rows=rows, metric=sweep.metric,
-                        mode=sweep.mode)
+    return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=state.get("baseline", {}), rows=rows,
+                        metric=sweep.metric, mode=sweep.mode, noise_floors=floors)

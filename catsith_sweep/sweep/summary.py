@@ -89,33 +89,41 @@ def params_text(row: TrialRow, sep: str = ", ") -> str:
     return sep.join(f"{k}={short_value(v)}" for k, v in sorted(row.params.items()))
 
 
-def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str) -> str:
-    lines = [f"| rank | trial | name | outcome | {metric} ({mode}) | params |", "|---|---|---|---|---|---|"]
+def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_floor: float | None = None) -> str:
+    """The leaderboard as a markdown table; its `tie` column marks the best trial and those within the
+    noise floor of it (`sweep.baseline.tie_marks`)."""
+    from catsith_sweep.sweep.baseline import tie_marks, ties_note
+
+    marks = tie_marks(rows, metric, mode, noise_floor)
+    lines = [f"| rank | tie | trial | name | outcome | {metric} ({mode}) | params |", "|---|---|---|---|---|---|---|"]
     for position, row in ordered(rows, metric, mode):
         value = row.value(metric)
         shown = f"{value:.5g}" if value is not None else ""
-        lines.append(f"| {position or '-'} | {row.trial} | {row.name} | {row.outcome} | {shown} | "
-                     f"{params_text(row)} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {position or '-'} | {marks.get(row.trial, '')} | {row.trial} | {row.name} | {row.outcome} "
+                     f"| {shown} | {params_text(row)} |")
+    return "\n".join(lines) + "\n\n" + ties_note(metric, noise_floor) + "\n"
 
 
-def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, results: Any,
-                      sweep_dir: Path) -> tuple[list[TrialRow], dict[Outcome, int]]:
-    """Log the sweep's leaderboard, best trial, counts and plots; end the parent run as finished.
-    Returns every trial's row and the count per outcome."""
+def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, results: Any, sweep_dir: Path, *,
+                      noise_floor: float | None = None) -> tuple[list[TrialRow], dict[Outcome, int]]:
+    """Log the sweep's leaderboard (ties within `noise_floor` of the best marked), best trial, counts and
+    plots; end the parent run as finished. Returns every trial's row and the count per outcome."""
+    from catsith_sweep.sweep.baseline import tie_marks
     from catsith_sweep.sweep.plots import comparison_grid, optuna_plots, tradeoff_plots
 
     rows = queries.trial_rows(uri, sweep)
     rows += ray_only_failures(results, {r.trial for r in rows})
     ranked = rank(rows, sweep.metric, sweep.mode)
     counts = count_outcomes(rows)
-    atomic_write_text(sweep_dir / LEADERBOARD_MD, leaderboard_markdown(rows, sweep.metric, sweep.mode))
+    atomic_write_text(sweep_dir / LEADERBOARD_MD,
+                      leaderboard_markdown(rows, sweep.metric, sweep.mode, noise_floor=noise_floor))
     plot_dir = sweep_dir / "plots"
     pictures = (optuna_plots(loaded, rows, plot_dir, uri) + tradeoff_plots(loaded, rows, plot_dir)
                 + comparison_grid(uri, ranked[:TOP_K], plot_dir))
     multi = len(sweep.metrics) > 1  # a front, not a single best (sweep/multi.py)
     sweep_runs.log_summary(uri, sweep.run_id, rows=rows, metric=sweep.metric, leaderboard=sweep_dir / LEADERBOARD_MD,
-                           best=ranked[0] if ranked and not multi else None, counts=counts, plots=pictures)
+                           best=ranked[0] if ranked and not multi else None, counts=counts, plots=pictures,
+                           ties=tie_marks(rows, sweep.metric, sweep.mode, noise_floor))
     if multi:
         from catsith_sweep.sweep.multi import log_front
 
@@ -123,15 +131,3 @@ def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, resul
     sweep_runs.end_sweep_run(uri, sweep, SweepStatus.FINISHED)
     return rows, counts
 
-
-def log_baseline(uri: str, parent_run_id: str, loaded: LoadedExperiment, workdir: Path) -> dict[str, float]:
-    """Evaluate the experiment's starting point with no training (for LoRA: the untuned base, since
-    a fresh adapter is a no-op) and log it on the parent run as `baseline_<metric>`, so the leaderboard
-    says whether tuning helped at all."""
-    from catsith_sweep.trainers import make_trainer
-
-    trainer = make_trainer(loaded.experiment, workdir)
-    trainer.setup()
-    evaluation = trainer.evaluate(workdir / "baseline")
-    sweep_runs.log_baseline(uri, parent_run_id, evaluation.metrics, evaluation.images)
-    return evaluation.metrics

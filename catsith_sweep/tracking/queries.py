@@ -106,6 +106,12 @@ def choose_sweep(uri: str, experiment_name: str, sweep_id: str | None = None) ->
     return SweepPick(found[finished[0]], passed_over=found[:finished[0]])
 
 
+def sweep_metrics(uri: str, sweep: SweepRun) -> dict[str, float]:
+    """The metrics on a sweep's parent run (`baseline_<metric>`, `noise_floor_<metric>`, `best_<metric>`,
+    trial counts): each one's last value."""
+    return dict(client(uri).get_run(sweep.run_id).data.metrics)
+
+
 def sweep_by_run_id(uri: str, run_id: str) -> SweepRun:
     return _sweep_run(client(uri).get_run(run_id))
 

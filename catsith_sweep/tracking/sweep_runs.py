@@ -66,23 +66,37 @@ def _clear_tag(c: Any, run_id: str, key: str) -> None:
         c.delete_tag(run_id, key)
 
 
-def log_baseline(uri: str, run_id: str, metrics: Mapping[str, Any], images: Mapping[str, Path]) -> None:
-    """The untrained starting point's metrics (`baseline_<metric>`) and images on the parent run."""
+def log_baseline(uri: str, run_id: str, metrics: Mapping[str, Any], images: Mapping[str, Path], *,
+                 noise_floors: Mapping[str, float] | None = None, source: str = "") -> None:
+    """The untrained starting point's metrics (`baseline_<metric>`), their noise floors (already named
+    `noise_floor_<metric>`) and images on the parent run; `source` (evaluated or cached) as a tag."""
+    import time
+
+    from mlflow.entities import Metric
+
     c = client(uri)
-    for key, value in metrics.items():
-        if isinstance(value, float) and math.isfinite(value):
-            c.log_metric(run_id, f"baseline_{key}", value, step=0)
+    now = int(time.time() * 1000)
+    logged = {f"baseline_{k}": v for k, v in metrics.items()} | dict(noise_floors or {})
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()
+                                 if isinstance(v, int | float) and math.isfinite(v)])
+    if source:
+        c.set_tag(run_id, t.BASELINE_SOURCE, source[:5000])
+    for key, path in images.items():
+        c.log_artifact(run_id, str(path), f"{BASELINE_DIR}/{key}")
     for key, path in images.items():
         c.log_artifact(run_id, str(path), f"{BASELINE_DIR}/{key}")
 
 
 def log_summary(uri: str, run_id: str, *, rows: list[TrialRow], metric: str, leaderboard: Path,
-                best: TrialRow | None, counts: Mapping[Outcome, int], plots: list[Path]) -> None:
-    """The end of a sweep on its parent run: leaderboard (markdown and table), best trial, counts, plots."""
+                best: TrialRow | None, counts: Mapping[Outcome, int], plots: list[Path],
+                ties: Mapping[str, str] | None = None) -> None:
+    """The end of a sweep on its parent run: leaderboard (markdown and table, whose `tie` column holds
+    `ties`' mark per trial id: best, tie within the noise floor, or ""), best trial, counts, plots."""
     c = client(uri)
     c.log_artifact(run_id, str(leaderboard))
     c.log_table(run_id, {"trial": [r.trial for r in rows], "name": [r.name for r in rows],
                          "outcome": [r.outcome.value for r in rows], metric: [r.value(metric) for r in rows],
+                         "tie": [(ties or {}).get(r.trial, "") for r in rows],
                          "params": [json.dumps(dict(r.params)) for r in rows]}, LEADERBOARD_JSON)
     if best is not None and (value := best.value(metric)) is not None:
         c.set_tag(run_id, t.BEST_TRIAL, best.trial)

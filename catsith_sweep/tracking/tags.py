@@ -30,6 +30,8 @@ SWEEP_STATUS = "catsith.sweep_status"
 """How the sweep ended: finished, interrupted, failed (the run's MLflow status says it too)."""
 RESUMED = "catsith.resumed"
 """Why (and when) an unfinished sweep was continued, one line per resume."""
+BASELINE_SOURCE = "catsith.baseline_source"
+"""How the baseline was made: evaluated now, or reused from the cache (with its key)."""
 ENDED_BY = "catsith.ended_by"
 """Why a sweep or trial run ended other than by finishing (Ctrl-C, SIGTERM, the driver's error)."""
 

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 # Read by the engine for every trainer (the trial loop, tracking, search, promotion), so never
 # "ignored". `export.formats` is checked against each trainer's formats instead.
 ENGINE_KEYS: tuple[str, ...] = (
-    "name", "description", "trainer", "model.cache_dir", "eval.every_n_steps", "export.formats",
-    "search", "resources", "tracking", "promote",
+    "name", "description", "trainer", "model.cache_dir", "eval.every_n_steps", "eval.noise_seeds",
+    "export.formats", "search", "resources", "tracking", "promote",
 )
 # Groups of keys that several trainers read. A key names itself and everything under it.
 # Every trainer holds out `data.val_fraction` of the entities (drawn with `data.split_seed`): see
