@@ -138,3 +138,16 @@ def test_a_missing_teacher_is_refused_naming_it(catsith_cache: Path, tmp_path: P
     exp = distill_experiment(tmp_path / "nowhere", catsith_cache, distill={"teacher": str(tmp_path / "no-teacher")})
     with pytest.raises(ModelSourceError, match="^distill.teacher: .*no-teacher.*not a diffusers model folder"):
         DistillTrainer(exp, tmp_path).setup()
+
+
+def test_the_untrained_evaluation_also_scores_the_teacher(tiny_base: Path, catsith_cache: Path,
+                                                          tmp_path: Path) -> None:
+    """The sweep's baseline (an evaluation before any step) carries the teacher's own sprite metrics, the
+    reference point of the Pareto front; evaluations after training do not pay for them again."""
+    trainer = DistillTrainer(distill_experiment(tiny_base, catsith_cache), tmp_path)
+    trainer.setup()
+    before = trainer.evaluate(tmp_path / "eval0").metrics
+    assert math.isfinite(before["teacher_sprite_kid"]) and math.isfinite(before["teacher_sprite_fid"])
+    assert before["teacher_sprite_fid"] != before["sprite_fid"]  # the micro student draws other sprites
+    trainer.train(1, lambda _step, _metrics: None)
+    assert not any(name.startswith("teacher_sprite") for name in trainer.evaluate(tmp_path / "eval1").metrics)

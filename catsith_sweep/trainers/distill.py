@@ -232,6 +232,13 @@ class DistillTrainer:
             repeats=self.cfg.latency_repeats))
         evaluation.metrics["unet_params"] = float(count_params(self.student.unet))
         evaluation.metrics["teacher_unet_params"] = float(count_params(self.teacher.unet))
+        if self.step == 0:
+            # Nothing trained yet: this is the sweep's baseline, so score the teacher the same way. Its
+            # figures (`baseline_teacher_<metric>` on the parent run) are the Pareto front's reference
+            # point and what `promote --pick fastest-within N%` measures quality against.
+            teacher = evaluate_samples(self.teacher, self.dataset, self.exp, out_dir / "teacher", self.prompts,
+                                       self.step, self.rt.device, split=self.split)
+            evaluation.metrics.update({f"teacher_{name}": value for name, value in teacher.metrics.items()})
         return evaluation
 
     # ---- checkpoints and exports ---------------------------------------------------------------
