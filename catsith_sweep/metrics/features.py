@@ -103,7 +103,7 @@ def require_official_metrics() -> OfficialWeights:
     return weights
 
 
-def _unit_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+def unit_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Scale each spatial position's channel vector to unit length (LPIPS's normalisation)."""
     return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
@@ -126,7 +126,7 @@ def sprite_lpips(net: SpriteNet, a: torch.Tensor, b: torch.Tensor, *, batch_size
         maps_a = net.feature_maps(net.prepare(a[start:start + batch_size]))
         maps_b = net.feature_maps(net.prepare(b[start:start + batch_size]))
         dist = sum(
-            (_unit_channels(fa) - _unit_channels(fb)).pow(2).sum(dim=1).mean(dim=(1, 2))
+            (unit_channels(fa) - unit_channels(fb)).pow(2).sum(dim=1).mean(dim=(1, 2))
             for fa, fb in zip(maps_a, maps_b, strict=True)
         )
         out.append(torch.as_tensor(dist).float().cpu())

@@ -17,21 +17,18 @@ run that is already there rewrites nothing.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catsith_sweep.config.schema import Experiment, PromoteSection
 from catsith_sweep.errors import UserInputError
+from catsith_sweep.io import atomic_path, atomic_write_text, file_lock
 from catsith_sweep.promote.lora import logged_experiment
 from catsith_sweep.promote.select import Choice
 from catsith_sweep.tracking import TrialRow, artifacts, tags
@@ -150,13 +147,6 @@ class ModelsResult:
     manifest: dict[str, Any]
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    with open(directory / LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _present(directory: Path, manifest: dict[str, Any]) -> bool:
     """True when `directory` already holds this run's set: same run, and both graphs hash as recorded."""
     try:
@@ -167,14 +157,6 @@ def _present(directory: Path, manifest: dict[str, Any]) -> bool:
         return False
     return all((directory / name).is_file() and sha256_file(directory / name) == digest
                for name, digest in manifest["sha256"].items())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_models(directory: Path, files: VaeTrialFiles, facts: dict[str, Any]) -> ModelsResult:
@@ -195,22 +177,17 @@ def write_models(directory: Path, files: VaeTrialFiles, facts: dict[str, Any]) -
     }
     targets = {ENCODER_FILE: directory / ENCODER_FILE, DECODER_FILE: directory / DECODER_FILE,
                MANIFEST_FILE: directory / MANIFEST_FILE}
-    with _locked(directory):
+    with file_lock(directory / LOCK_FILE):
         if _present(directory, manifest):
             old = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
             return ModelsResult(directory, "already_present", targets, old)
         manifest["promoted_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".sprite_vae.staging-"))
-        try:
-            shutil.copyfile(files.encoder, staging / ENCODER_FILE)
-            shutil.copyfile(files.decoder, staging / DECODER_FILE)
-            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            for name in targets:
-                _fsync(staging / name)
-            for name in (ENCODER_FILE, DECODER_FILE, MANIFEST_FILE):  # the JSON last: it completes the set
-                os.replace(staging / name, targets[name])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # Each file lands whole (written beside its target, fsynced, renamed); the JSON last: it
+        # completes the set, and `_present` checks both graphs' hashes against it.
+        for source, name in ((files.encoder, ENCODER_FILE), (files.decoder, DECODER_FILE)):
+            with atomic_path(targets[name]) as tmp:
+                shutil.copyfile(source, tmp)
+        atomic_write_text(targets[MANIFEST_FILE], json.dumps(manifest, indent=2) + "\n")
     return ModelsResult(directory, "written", targets, manifest)
 
 

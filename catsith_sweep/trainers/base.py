@@ -8,8 +8,6 @@ to `ray.tune.report` and MLflow, and a notebook can pass `print`.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from catsith_sweep.config.loader import dump_resolved
 from catsith_sweep.config.schema import Experiment
-from catsith_sweep.io import atomic_write_text
+from catsith_sweep.io import atomic_write_text, staged_dir
 from catsith_sweep.trainers.surface import TrainerSurface
 
 RESOLVED_CONFIG = "config.yaml"
@@ -103,16 +101,6 @@ def write_resolved_config(directory: Path, experiment: Experiment, extra: dict |
         atomic_write_text(directory / "trial.json", json.dumps(extra, indent=2, sort_keys=True))
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move a fully written `staging` directory to `target`, replacing any old one."""
-    old = target.with_name(f".{target.name}.old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _with_params_once(report: Reporter, params: dict[str, str]) -> Reporter:
     """`report`, with `params` attached to the first report it sends."""
     pending = dict(params)
@@ -151,10 +139,9 @@ def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: R
         evaluation = trainer.evaluate(workdir / "eval" / f"step_{trainer.step:06d}")
         evaluation.metrics = {**train_metrics, **evaluation.metrics}
         checkpoint = workdir / "checkpoint"
-        staging = Path(tempfile.mkdtemp(dir=workdir, prefix=".checkpoint."))
-        trainer.save(staging)
-        write_resolved_config(staging, experiment)
-        replace_dir(staging, checkpoint)
+        with staged_dir(checkpoint) as staging:  # the old checkpoint stays whole until the new one is
+            trainer.save(staging)
+            write_resolved_config(staging, experiment)
         report(Report(step=trainer.step, metrics=evaluation.metrics, images=evaluation.images,
                       checkpoint=checkpoint))
     if not evaluation.metrics:  # resumed at the end of the budget: evaluate once more

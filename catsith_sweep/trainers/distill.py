@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from catsith_sweep.config.schema import DistillSection, Experiment
 from catsith_sweep.data.source import open_dataset
 from catsith_sweep.errors import ModelSourceError
-from catsith_sweep.io import atomic_write_text
+from catsith_sweep.io import atomic_write_text, replace_dir
 from catsith_sweep.models.base_source import load_base
 from catsith_sweep.models.student import build_student, count_params, feature_pairs
 from catsith_sweep.trainers import diffusion as D
-from catsith_sweep.trainers.base import Evaluation, replace_dir
+from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
 from catsith_sweep.trainers.distill_loss import (
     LossNormalizer,

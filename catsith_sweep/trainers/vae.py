@@ -66,14 +66,14 @@ def perceptual_distance(net: Any, recon: torch.Tensor, target: torch.Tensor) -> 
     vector at each position of every trunk block, squared difference summed over channels, mean over
     positions, sum over blocks. `net` should be frozen and in eval mode.
     """
-    from catsith_sweep.metrics.features import _unit_channels
+    from catsith_sweep.metrics.features import unit_channels
 
     maps_recon = net.feature_maps(net.prepare(recon))
     with torch.no_grad():
         maps_target = net.feature_maps(net.prepare(target))
     total = torch.zeros(recon.shape[0], device=maps_recon[0].device)
     for fr, ft in zip(maps_recon, maps_target, strict=True):
-        total = total + (_unit_channels(fr) - _unit_channels(ft)).pow(2).sum(dim=1).mean(dim=(1, 2))
+        total = total + (unit_channels(fr) - unit_channels(ft)).pow(2).sum(dim=1).mean(dim=(1, 2))
     return total
 
 
