@@ -129,8 +129,11 @@ def test_run_trial_reports_latency_and_exports_reload(tiny_base: Path, catsith_c
     assert summary["level"] == "micro" and summary["unet_params"] == metrics["unet_params"]
 
     pipe = load_onnx_pipeline(final.exports["onnx"])
-    image = pipe("a sprite", num_inference_steps=2, guidance_scale=4.0, height=64, width=64,
-                 output_type="np").images
+    # diffusers' ONNX pipeline sizes latents as height // 8; the base's VAE down-samples by
+    # 2^(levels - 1), so ask for the height whose latent a 64 px sprite has.
+    factor = 2 ** (len(trainer.teacher.vae.config.block_out_channels) - 1)
+    image = pipe("a sprite", num_inference_steps=2, guidance_scale=4.0, height=64 * 8 // factor,
+                 width=64 * 8 // factor, output_type="np").images
     assert image.shape == (1, 64, 64, 4)
 
 

@@ -39,7 +39,7 @@ from catsith_sweep.layout import (
 )
 from catsith_sweep.promote.lora import logged_experiment
 from catsith_sweep.promote.select import Choice
-from catsith_sweep.promote.vae import resolve_models_dir, sha256_file
+from catsith_sweep.promote.vae import holds_run, resolve_models_dir, sha256_file
 from catsith_sweep.tracking import artifacts, tags
 from catsith_sweep.tracking.model_registry import VersionResult, register_run, version_tags
 
@@ -114,18 +114,6 @@ class PipelineResult:
     manifest: dict[str, Any]
 
 
-def _present(directory: Path, manifest: dict[str, Any]) -> bool:
-    """True when `directory` holds this run's pipeline: same run, every graph hashing as recorded."""
-    try:
-        old = json.loads((directory / DISTILLED_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    if old.get("run_id") != manifest["run_id"] or old.get("sha256") != manifest["sha256"]:
-        return False
-    return all((directory / name).is_file() and sha256_file(directory / name) == digest
-               for name, digest in manifest["sha256"].items())
-
-
 def pipeline_digest(digests: dict[str, str]) -> str:
     """One sha256 for the whole pipeline: over its graphs' hashes, in name order."""
     return hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(digests.items())).encode()).hexdigest()
@@ -137,7 +125,7 @@ def write_pipeline(directory: Path, source: Path, digests: dict[str, str], facts
     manifest: dict[str, Any] = {"format": FORMAT_NAME, "format_version": 1, "layout": "optimum onnx stable-diffusion",
                                 "sha256": digests, **facts}
     with file_lock(directory.parent / f".{directory.name}.lock"):
-        if _present(directory, manifest):
+        if holds_run(directory, DISTILLED_MANIFEST, manifest):
             old = json.loads((directory / DISTILLED_MANIFEST).read_text(encoding="utf-8"))
             return PipelineResult(directory, "already_present", old)
         manifest["promoted_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

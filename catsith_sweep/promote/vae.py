@@ -147,10 +147,11 @@ class ModelsResult:
     manifest: dict[str, Any]
 
 
-def _present(directory: Path, manifest: dict[str, Any]) -> bool:
-    """True when `directory` already holds this run's set: same run, and both graphs hash as recorded."""
+def holds_run(directory: Path, manifest_file: str, manifest: dict[str, Any]) -> bool:
+    """True when `directory` already holds this run's files: its `manifest_file` names the same run and
+    the same hashes, and every file hashes as recorded (a promote that would rewrite nothing)."""
     try:
-        old = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        old = json.loads((directory / manifest_file).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     if old.get("run_id") != manifest["run_id"] or old.get("sha256") != manifest["sha256"]:
@@ -178,7 +179,7 @@ def write_models(directory: Path, files: VaeTrialFiles, facts: dict[str, Any]) -
     targets = {ENCODER_FILE: directory / ENCODER_FILE, DECODER_FILE: directory / DECODER_FILE,
                MANIFEST_FILE: directory / MANIFEST_FILE}
     with file_lock(directory / LOCK_FILE):
-        if _present(directory, manifest):
+        if holds_run(directory, MANIFEST_FILE, manifest):
             old = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
             return ModelsResult(directory, "already_present", targets, old)
         manifest["promoted_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

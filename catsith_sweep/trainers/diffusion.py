@@ -24,6 +24,36 @@ def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -
     return ids.to(device)
 
 
+def embed(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
+    """The text encoder's hidden states for `captions` (what the UNet cross-attends to)."""
+    return parts.text_encoder(tokenize(parts, captions, device))[0]
+
+
+@torch.no_grad()
+def build_latent_cache(parts: DiffusionParts, images: torch.Tensor, captions: list[str],
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """Latent distributions (mean, std, scaled) and caption embeddings of a training set, computed once
+    when the VAE and text encoder are frozen and no augmentation changes the pixels (kohya's
+    cache_latents); row i is `images[i]`, plus the empty caption for caption dropout."""
+    vae = parts.vae
+    dists = [vae.encode(to_vae_pixels(images[s:s + 64], parts.rgba).to(device, vae.dtype)).latent_dist
+             for s in range(0, len(images), 64)]
+    scale = vae.config.scaling_factor
+    embeddings = embed(parts, [*captions, ""], device)
+    return {"mean": torch.cat([d.mean for d in dists]) * scale, "std": torch.cat([d.std for d in dists]) * scale,
+            "emb": embeddings[:-1], "empty": embeddings[-1:]}
+
+
+def cached_batch(cache: dict[str, torch.Tensor], rows: torch.Tensor, drop: torch.Tensor,
+                 generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents sampled from the cached distributions of `rows`, and their caption embeddings (the empty
+    caption where `drop`): the same draws from `generator` whatever the device."""
+    noise = torch.randn(cache["mean"][rows].shape, generator=generator).to(device)
+    latents = cache["mean"][rows] + cache["std"][rows] * noise
+    emb = torch.where(drop.view(-1, 1, 1).to(device), cache["empty"], cache["emb"][rows])
+    return latents, emb
+
+
 def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings: torch.Tensor, *,
                    noise_offset: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:

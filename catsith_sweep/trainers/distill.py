@@ -117,19 +117,13 @@ class DistillTrainer:
         return self._net
 
     def _embed(self, captions: list[str]) -> torch.Tensor:
-        return self.teacher.text_encoder(D.tokenize(self.teacher, captions, self.rt.device))[0]
+        return D.embed(self.teacher, captions, self.rt.device)
 
-    @torch.no_grad()
     def _build_cache(self) -> dict[str, torch.Tensor]:
-        """Latent distributions and caption embeddings of the training split, once (the VAE and text
-        encoder are frozen); row i is `train_indices[i]`: held-out sprites are never trained on."""
-        vae, images = self.teacher.vae, self.dataset.images[self.train_indices]
-        dists = [vae.encode(D.to_vae_pixels(images[s:s + 64], self.teacher.rgba).to(self.rt.device, vae.dtype)
-                            ).latent_dist for s in range(0, len(images), 64)]
-        scale = vae.config.scaling_factor
-        embeddings = self._embed([*(self.dataset.captions[i] for i in self.train_indices), ""])
-        return {"mean": torch.cat([d.mean for d in dists]) * scale, "std": torch.cat([d.std for d in dists]) * scale,
-                "emb": embeddings[:-1], "empty": embeddings[-1:]}
+        """The training split's latents and captions, once (the VAE and text encoder are frozen); row i is
+        `train_indices[i]`: held-out sprites are never trained on."""
+        return D.build_latent_cache(self.teacher, self.dataset.images[self.train_indices],
+                                    [self.dataset.captions[i] for i in self.train_indices], self.rt.device)
 
     @staticmethod
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
@@ -151,10 +145,7 @@ class DistillTrainer:
         idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
         drop = torch.rand(len(idx), generator=generator) < self.cfg.caption_dropout_rate
         if self.cache is not None:  # rows of the training split
-            noise = torch.randn(self.cache["mean"][pick].shape, generator=generator).to(device)
-            latents = self.cache["mean"][pick] + self.cache["std"][pick] * noise
-            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][pick])
-            return latents, emb
+            return D.cached_batch(self.cache, pick, drop, generator, device)
         items = [self.dataset[i] for i in idx.tolist()]
         vae = self.teacher.vae
         with torch.no_grad():

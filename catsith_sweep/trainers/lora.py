@@ -93,23 +93,14 @@ class LoraTrainer:
         return (self.exp.data.cache_latents and not self.dataset.has_augment
                 and not self.cfg.train_text_encoder)
 
-    @torch.no_grad()
     def _build_cache(self) -> dict[str, torch.Tensor]:
-        """Latent distributions and caption embeddings of the training split, row i for
-        `train_indices[i]` (held-out sprites are never encoded for training)."""
-        images = self.dataset.images[self.train_indices]
-        pixels = [D.to_vae_pixels(images[s:s + 64], self.parts.rgba).to(self.rt.device, self.parts.vae.dtype)
-                  for s in range(0, len(images), 64)]
-        dists = [self.parts.vae.encode(p).latent_dist for p in pixels]
-        scale = self.parts.vae.config.scaling_factor
-        captions = [self.dataset.captions[i] for i in self.train_indices] + [""]
-        embeddings = self._embed(captions)
-        return {"mean": torch.cat([d.mean for d in dists]) * scale,
-                "std": torch.cat([d.std for d in dists]) * scale,
-                "emb": embeddings[:-1], "empty": embeddings[-1:]}
+        """The training split's latents and captions, row i for `train_indices[i]` (held-out sprites are
+        never encoded for training)."""
+        return D.build_latent_cache(self.parts, self.dataset.images[self.train_indices],
+                                    [self.dataset.captions[i] for i in self.train_indices], self.rt.device)
 
     def _embed(self, captions: list[str]) -> torch.Tensor:
-        return self.parts.text_encoder(D.tokenize(self.parts, captions, self.rt.device))[0]
+        return D.embed(self.parts, captions, self.rt.device)
 
     @staticmethod
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
@@ -131,10 +122,7 @@ class LoraTrainer:
         idx = torch.tensor([self.train_indices[i] for i in pick.tolist()])
         drop = torch.rand(len(idx), generator=generator) < self.cfg.caption_dropout_rate
         if self.cache is not None:  # rows of the training split
-            noise = torch.randn(self.cache["mean"][pick].shape, generator=generator).to(device)
-            latents = self.cache["mean"][pick] + self.cache["std"][pick] * noise
-            emb = torch.where(drop.view(-1, 1, 1).to(device), self.cache["empty"], self.cache["emb"][pick])
-            return latents, emb
+            return D.cached_batch(self.cache, pick, drop, generator, device)
         items = [self.dataset[i] for i in idx.tolist()]
         images = torch.stack([item["image"] for item in items])
         with torch.no_grad():
