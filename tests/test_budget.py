@@ -111,13 +111,15 @@ search:
   scheduler: none
   num_samples: 4
   max_concurrent_trials: 1
-  budget: {wall_minutes: 2.5}
+  # 4 min: the first trial (3 steps, but it trains the sprite net on first use) can take 80 s on a
+  # loaded 2-core machine, and the next must still be forecast to fit so that the budget cuts it.
+  budget: {wall_minutes: 4}
 """
 
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("ray")
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(700)
 def test_wall_budget_cuts_the_sweep_cleanly(tmp_path: Path, catsith_cache: Path) -> None:
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
     env = {**os.environ, "CATSITH_CACHE": str(catsith_cache), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
@@ -132,9 +134,9 @@ def test_wall_budget_cuts_the_sweep_cleanly(tmp_path: Path, catsith_cache: Path)
     figures = state["figures"]
     metrics = figures["metrics"]
     print("budget figures:", json.dumps(figures, indent=1))
-    assert metrics["budget_wall_seconds"] == 150.0
+    assert metrics["budget_wall_seconds"] == 240.0
     assert metrics["budget_wall_overshoot"] <= 0.05, metrics
-    assert "wall_minutes 2.5 reached" in figures["tags"]["catsith.budget_ended_by"]
+    assert "wall_minutes 4 reached" in figures["tags"]["catsith.budget_ended_by"]
     assert figures["optuna_states"].get("COMPLETE") == 1 and figures["optuna_states"].get("PRUNED", 0) >= 1
 
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
@@ -147,7 +149,7 @@ def test_wall_budget_cuts_the_sweep_cleanly(tmp_path: Path, catsith_cache: Path)
     trials = {r: s for r, s in runs.items() if kinds.get(r) == "trial"}
     assert sorted(trials.values()) == ["FINISHED", "KILLED"], trials
     killed = next(r for r, s in trials.items() if s == "KILLED")
-    assert "wall_minutes 2.5 reached" in ended_by[killed]
+    assert "wall_minutes 4 reached" in ended_by[killed]
     parent = next(r for r in runs if kinds.get(r) == "sweep")
     assert runs[parent] == "FINISHED"
     # No plan was saved: the first finished trial gave the prediction the parent run compares with.

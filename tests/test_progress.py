@@ -55,11 +55,15 @@ def test_pauses_prior_then_measured() -> None:
 
 
 def test_base_build_eta_has_both_phases_and_unet_evaluations() -> None:
+    from catsith_sweep.config.schema import FullSection
     from catsith_sweep.trainers.base_build import BUILTIN_BASE_CONFIG, build_eta
 
-    eta = build_eta(Experiment.model_validate(BUILTIN_BASE_CONFIG), 2600)
-    assert [(p.name, p.units) for p in eta.phases] == [("vae", 600), ("unet", 2000)]
-    assert eta.pauses_left == 4  # steps 650, 1300, 1950, 2600: all after the VAE phase
+    recipe = Experiment.model_validate(BUILTIN_BASE_CONFIG)
+    total, vae_steps, every = recipe.train.max_steps or 0, recipe.trainer_config(FullSection).vae_steps, recipe.eval.every_n_steps
+    assert (total, vae_steps, every) == (3200, 1200, 800)  # the recipe this test was written for
+    eta = build_eta(recipe, total)
+    assert [(p.name, p.units) for p in eta.phases] == [("vae", 1200), ("unet", 2000)]
+    assert eta.pauses_left == 3  # UNet evaluations at steps 1600, 2400, 3200 (the one at 800 is in the VAE phase)
 
 
 class _Clock:
