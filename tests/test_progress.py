@@ -59,7 +59,8 @@ def test_base_build_eta_has_both_phases_and_unet_evaluations() -> None:
     from catsith_sweep.trainers.base_build import BUILTIN_BASE_CONFIG, build_eta
 
     recipe = Experiment.model_validate(BUILTIN_BASE_CONFIG)
-    total, vae_steps, every = recipe.train.max_steps or 0, recipe.trainer_config(FullSection).vae_steps, recipe.eval.every_n_steps
+    total, every = recipe.train.max_steps or 0, recipe.eval.every_n_steps
+    vae_steps = recipe.trainer_config(FullSection).vae_steps
     assert (total, vae_steps, every) == (3200, 1200, 800)  # the recipe this test was written for
     eta = build_eta(recipe, total)
     assert [(p.name, p.units) for p in eta.phases] == [("vae", 1200), ("unet", 2000)]
