@@ -60,7 +60,7 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
         uri=context.tracking_uri, experiment_id=context.experiment_id, parent_run_id=context.parent_run_id,
         trial_id=trial_id, trial_name=ray_context.get_trial_name(),
         tags=trial_tags(context.sweep_id, context.git_commit, context.dataset_fingerprint),
-        params=sampled, config=experiment.model_dump(mode="json"),
+        params=sampled, config=experiment.model_dump(mode="json"), node_id=_node_id(),
     )
     if logger.resumed:  # continued from its checkpoint by a resumed sweep, which ended its run as KILLED
         reopen_trial_run(context.tracking_uri, logger.run_id)
@@ -68,7 +68,7 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
 
     def report(r: Report) -> None:
         if r.params:  # facts of the run (its held-out split, `split.*`), sent once
-            logger._log_params(r.params, {})
+            logger.log_params(r.params)
         logger.log_metrics(r.metrics, r.step)
         if not r.final:  # the final report repeats the last evaluation's images
             for key, path in r.images.items():
@@ -107,3 +107,13 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
             logger.record_error(exc)
             logger.log_text(traceback.format_exc(), artifacts.TRACEBACK_FILE)
             tune.report({STEP: -1, FINISHED: False, FAILED: True, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _node_id() -> str | None:
+    """The Ray node this trial process runs on: a label on its run (`catsith.node_id`), never needed to train."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # outside a Ray worker (a notebook driving trial_main by hand)
+        return None

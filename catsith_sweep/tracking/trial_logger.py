@@ -185,7 +185,7 @@ class TrialLogger:
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
                  tags: dict[str, str], params: dict[str, Any], config: dict[str, Any],
-                 retry_timeout_s: float = 600.0) -> None:
+                 node_id: str | None = None, retry_timeout_s: float = 600.0) -> None:
         self.uri = uri
         self.client = client(uri)
         self.retry_timeout_s = retry_timeout_s
@@ -199,10 +199,9 @@ class TrialLogger:
         self.attempt = self._count_attempt()
         self.seconds = 0.0  # time the trial spent in tracking calls, to keep it measurable
         if not self.resumed:
-            self._log_params(params, config)
+            self.log_params(params, config)
         self.outbox = process_outbox(retry_timeout_s)
-        node_id = _ray_node_id()
-        if node_id:
+        if node_id:  # the node this attempt runs on (a retried trial may land on another)
             self.set_tag(TAG_NODE, node_id)
 
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
@@ -216,10 +215,11 @@ class TrialLogger:
         self._retry(lambda: self.client.set_tag(self.run_id, TAG_ATTEMPTS, str(previous + 1)), "tagging the run")
         return previous + 1
 
-    def _log_params(self, params: dict[str, Any], config: dict[str, Any]) -> None:
+    def log_params(self, params: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+        """`params` as given and the flattened `config` as `config.*` params, in batches."""
         from mlflow.entities import Param
 
-        values = {**{f"config.{k}": v for k, v in flatten(config).items()}, **params}
+        values = {**{f"config.{k}": v for k, v in flatten(config or {}).items()}, **params}
         items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in values.items()]
         items = [Param(p.key, p.value[:MAX_PARAM_LEN]) for p in items]
         for start in range(0, len(items), 100):
@@ -271,16 +271,6 @@ class TrialLogger:
         if left or self.outbox.dropped:
             log.error("tracking: %d item(s) lost and %d still unsent after %.0f s (run %s)",
                       self.outbox.dropped, left, self.retry_timeout_s, self.run_id)
-
-
-def _ray_node_id() -> str | None:
-    """The Ray node this process runs on (None outside Ray)."""
-    try:
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
-    except Exception:  # only a label: a trial runs without it
-        return None
 
 
 def trial_tags(sweep_id: str, git_commit: str, dataset_fingerprint: str) -> dict[str, str]:
