@@ -118,7 +118,7 @@ def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, *, title: st
     """Trials as the leaderboard shows them: ranked ones first, then the others (all, or the `top` best);
     `tie` marks the best and the trials within `noise_floor` of it (`sweep.baseline.tie_marks`)."""
     from catsith_sweep.sweep.baseline import tie_marks, ties_note
-    from catsith_sweep.sweep.summary import ordered, params_text
+    from catsith_sweep.sweep.summary import ordered
 
     marks = tie_marks(rows, metric, mode, noise_floor)
     table = Table(title=title, caption=ties_note(metric, noise_floor))
@@ -130,7 +130,7 @@ def leaderboard_table(rows: list[TrialRow], metric: str, mode: str, *, title: st
     for position, row in shown[:top] if top else shown:
         value = row.value(metric)
         table.add_row(str(position or "-"), marks.get(row.trial, ""), row.trial, escape(row.name), str(row.outcome),
-                      f"{value:.5g}" if value is not None else "", escape(params_text(row, "\n")), row.run_id)
+                      f"{value:.5g}" if value is not None else "", escape(row.params_text("\n")), row.run_id)
     return table
 
 

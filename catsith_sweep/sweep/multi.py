@@ -83,19 +83,6 @@ def _fmt(value: float | None) -> str:
     return f"{value:.5g}" if value is not None else ""
 
 
-def params_text(row: TrialRow, sep: str = ", ") -> str:
-    """Sampled params as a person reads them (floats to 4 significant digits). summary.py has its twin;
-    it imports this module, so this one cannot import it."""
-    def short(text: str) -> str:
-        try:
-            number = float(text)
-        except ValueError:
-            return text
-        return text if number.is_integer() and "." not in text else f"{number:.4g}"
-
-    return sep.join(f"{k}={short(v)}" for k, v in sorted(row.params.items()))
-
-
 def front_markdown(front: Front) -> str:
     objectives = " | ".join(f"{m} ({d})" for m, d in zip(front.metrics, front.modes, strict=True))
     lines = [f"Pareto front: {len(front.front)} non-dominated of {len(front.finished)} finished trials",
@@ -106,7 +93,7 @@ def front_markdown(front: Front) -> str:
         lines.append(f"| ({front.reference.label}) | reference point | {ref} | | |")
     for row in front.front:
         values = " | ".join(_fmt(row.value(m)) for m in front.metrics)
-        lines.append(f"| {row.trial} | {row.name} | {values} | {params_text(row)} | {row.run_id} |")
+        lines.append(f"| {row.trial} | {row.name} | {values} | {row.params_text()} | {row.run_id} |")
     if front.hypervolume:
         lines += ["", f"hypervolume {front.hypervolume[-1]:.5g} against reference point "
                       f"{tuple(round(v, 6) for v in front.hv_reference or ())} (worst finished values, 10% further)"]
@@ -140,7 +127,7 @@ def front_table(front: Front, *, title: str) -> Table:
                       *[_fmt(front.reference.values.get(m)) for m in front.metrics], "", "")
     for row in front.front:
         table.add_row(row.trial, escape(row.name), *[_fmt(row.value(m)) for m in front.metrics],
-                      escape(params_text(row, "\n")), row.run_id)
+                      escape(row.params_text("\n")), row.run_id)
     return table
 
 

@@ -76,19 +76,6 @@ def ordered(rows: list[TrialRow], metric: str, mode: str) -> list[tuple[int | No
     return [*enumerate(ranked, start=1), *[(None, r) for r in rows if r not in ranked]]
 
 
-def short_value(text: str) -> str:
-    """A logged param as a person reads it: floats to 4 significant digits (MLflow stores params as text)."""
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return text if number.is_integer() and "." not in text else f"{number:.4g}"
-
-
-def params_text(row: TrialRow, sep: str = ", ") -> str:
-    return sep.join(f"{k}={short_value(v)}" for k, v in sorted(row.params.items()))
-
-
 def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_floor: float | None = None) -> str:
     """The leaderboard as a markdown table; its `tie` column marks the best trial and those within the
     noise floor of it (`sweep.baseline.tie_marks`)."""
@@ -100,7 +87,7 @@ def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_
         value = row.value(metric)
         shown = f"{value:.5g}" if value is not None else ""
         lines.append(f"| {position or '-'} | {marks.get(row.trial, '')} | {row.trial} | {row.name} | {row.outcome} "
-                     f"| {shown} | {params_text(row)} |")
+                     f"| {shown} | {row.params_text()} |")
     return "\n".join(lines) + "\n\n" + ties_note(metric, noise_floor) + "\n"
 
 

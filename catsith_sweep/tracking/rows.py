@@ -117,6 +117,10 @@ class TrialRow:
         number = self.name.split(" ", 1)[0] if self.name.startswith("#") else ""
         return f"{number} {self.trial}".strip()
 
+    def params_text(self, sep: str = ", ") -> str:
+        """Sampled params as a person reads them: floats to 4 significant digits (MLflow keeps text)."""
+        return sep.join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
+
     def summary(self, metric: str) -> dict[str, Any]:
         """Plain facts for `sweep.json`."""
         return {"trial": self.trial, "name": self.name, "run_id": self.run_id, metric: self.value(metric),
@@ -161,3 +165,11 @@ def outcome_from_tags(tags: Mapping[str, str], status: str) -> Outcome:
         return Outcome.FINISHED
     return {"FINISHED": Outcome.FINISHED, "FAILED": Outcome.FAILED, "KILLED": Outcome.KILLED}.get(
         status, Outcome.RUNNING)
+
+
+def _short(text: str) -> str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() and "." not in text else f"{number:.4g}"
