@@ -46,7 +46,7 @@ from catsith_sweep.trainers.distill_loss import (
     predicted_x0,
     tap_blocks,
 )
-from catsith_sweep.trainers.heldout import experiment_split, split_params
+from catsith_sweep.trainers.heldout import experiment_split, random_batches_per_epoch, split_params
 from catsith_sweep.trainers.latency import measure_latency
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
@@ -129,7 +129,7 @@ class DistillTrainer:
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
         """Micro-batches in one pass over the training split (batches are drawn at random, with
         replacement)."""
-        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
+        return random_batches_per_epoch(experiment, dataset)
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))

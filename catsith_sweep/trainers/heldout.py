@@ -30,6 +30,12 @@ def experiment_split(experiment: Experiment, dataset: Any) -> EntitySplit:
     return split_by_entity(dataset, heldout_fraction=data.val_fraction, seed=data.split_seed)
 
 
+def random_batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
+    """Micro-batches in one pass over the training split, for trainers that draw batches at random with
+    replacement (LoRA, full, distill): what `train.epochs` counts for them."""
+    return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
+
+
 def split_params(split: EntitySplit) -> dict[str, str]:
     """The split as run params (`split.seed`, `split.heldout_images`, ...), values as text."""
     return {key: str(value) for key, value in split.params().items()}

@@ -23,7 +23,7 @@ from catsith_sweep.models.base_source import load_base
 from catsith_sweep.trainers import diffusion as D
 from catsith_sweep.trainers.base import Evaluation
 from catsith_sweep.trainers.checkpoint import load_checkpoint, save_checkpoint
-from catsith_sweep.trainers.heldout import experiment_split, split_params
+from catsith_sweep.trainers.heldout import experiment_split, random_batches_per_epoch, split_params
 from catsith_sweep.trainers.runtime import autocast, backward, check_finite, optimizer_step, start_runtime
 from catsith_sweep.trainers.sampling import default_prompts, evaluate_samples
 from catsith_sweep.trainers.surface import LORA, TrainerSurface, budget_steps
@@ -106,7 +106,7 @@ class LoraTrainer:
     def batches_per_epoch(experiment: Experiment, dataset: Any) -> int:
         """Micro-batches in one pass over the training split (batches are drawn at random, with
         replacement)."""
-        return -(-len(experiment_split(experiment, dataset).train) // experiment.train.batch_size)
+        return random_batches_per_epoch(experiment, dataset)
 
     def total_steps(self) -> int:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
