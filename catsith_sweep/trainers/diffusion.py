@@ -80,7 +80,9 @@ def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings:
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
-    """Multiplier of the learning rate at each step: linear warm-up, then constant or cosine."""
+    """Multiplier of the learning rate at each step: linear warm-up, then constant, cosine, or
+    `cosine_restarts` (see `restart_cycles`)."""
+    cycles = restart_cycles(total - warmup) if schedule == "cosine_restarts" else []
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -88,9 +90,33 @@ def lr_lambda(schedule: str, warmup: int, total: int):
         if schedule == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if cycles:
+            return _restart_factor(step - warmup, cycles)
         return 1.0
 
     return factor
+
+
+RESTART_PEAK = 0.5
+"""Peak of every cycle after the first, relative to the learning rate."""
+
+
+def restart_cycles(total: int) -> list[tuple[int, int, float]]:
+    """(start, length, peak) of the warm-restarted cosine: half the steps in a first cycle at the full
+    rate, then two cycles of a quarter each at `RESTART_PEAK`. Measured on the builtin VAE (bench/README,
+    probe p5): in the same 1200 steps this reconstructs held-out sprites at 15.6/255 against 22.5 for
+    one cosine; each restart lifts the rate long enough to learn colour the first decay left out."""
+    first = total // 2
+    second = (total - first) // 2
+    return [(0, first, 1.0), (first, second, RESTART_PEAK), (first + second, total - first - second, RESTART_PEAK)]
+
+
+def _restart_factor(step: int, cycles: list[tuple[int, int, float]]) -> float:
+    for start, length, peak in reversed(cycles):
+        if step >= start:
+            progress = (step - start) / max(1, length)
+            return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
 
 
 @torch.no_grad()
