@@ -86,10 +86,26 @@ def test_eta_from_finished_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     forecast = _forecast(started=0.0, planned=4, slots=2)
     forecast.begun = {"a": 0.0, "b": 0.0, "c": 30.0}
     forecast.ended = {"a": 30.0}
-    # mean 30 s; pending 1 (30 s), b has 0 s left, c has 30 - 10 left: (30 + 0 + 20) / 2 slots + summary
+    forecast.steps = {"a": 100, "b": 100, "c": 33}
+    # 0.3 s/step; pending 1 (100 steps, 30 s), b has 0 steps left, c 67 (20.1 s): (30 + 0 + 20.1) / 2 + summary
     from catsith_sweep.sweep.forecast import SUMMARY_S
 
-    assert forecast.eta_s(now=40.0) == pytest.approx(25.0 + SUMMARY_S)
+    assert forecast.eta_s(now=40.0) == pytest.approx(25.05 + SUMMARY_S)
+
+
+def test_eta_does_not_take_trials_stopped_early_for_the_norm() -> None:
+    """Seconds per step, times the steps the prediction expects of a trial: a short trial stopped early
+    (the demo's #3, 160 of 320 steps) must not make the trials still to run look short."""
+    from catsith_sweep.sweep.forecast import SUMMARY_S
+
+    plan = Predicted(wall_seconds=1000.0, steps=600.0, trials=4, trial_seconds=200.0, source="plan")
+    forecast = _forecast(started=0.0, planned=4, slots=1, total_steps=200, plan=plan)  # 150 steps expected
+    forecast.begun, forecast.ended = {"a": 0.0, "b": 200.0}, {"a": 200.0, "b": 250.0}
+    forecast.steps = {"a": 200, "b": 50}
+    # 1 s/step over both; pending 2 x 150 steps
+    assert forecast.eta_s(now=250.0) == pytest.approx(300.0 + SUMMARY_S)
+    forecast.begun["c"], forecast.steps["c"] = 250.0, 160  # past the expected 150: runs its whole budget
+    assert forecast.eta_s(now=300.0) == pytest.approx((150.0 + 40.0) + SUMMARY_S)
 
 
 EXPERIMENT = """\
