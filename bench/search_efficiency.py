@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 LOSS_METRIC = "loss"
-"""Logged by the LoRA trainer at every step (`tracking.log_every_n_steps: 1`): one entry per step run."""
+"""Logged by the LoRA trainer at every step (`tracking.log_every_n_steps: 1`), and again with each
+evaluation at its step: the distinct steps logged are the steps run."""
+SEARCHED = ("lora.rank", "train.learning_rate")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,14 @@ def compute_to_reach(trials: Sequence[TrialCompute], target: float, mode: str) -
     return Reach(reached[0], spent_by(trials, reached[0].end)) if reached else None
 
 
+def asha_rungs(evaluations: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """The evaluations after which ASHA may stop a trial, as Ray's ASHAScheduler sets its rungs for the
+    sweep's `max_t` = evaluations + 1 (sweep/tuner.py: the final report is one more iteration)."""
+    max_t = evaluations + 1
+    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(count)]
+
+
 def expected_in_random_order(costs: Sequence[float], reaches: Sequence[bool]) -> float:
     """Expected cost of running trials one at a time, in a uniformly random order, until the first one
     that reaches the target (included). A trial that does not reach it is run before all K that do with
@@ -198,11 +208,14 @@ def read_trials(uri: str, name: str) -> tuple[Any, list[TrialCompute]]:
         if row.start_time is None or row.end_time is None or row.outcome in (Outcome.RUNNING, Outcome.FAILED):
             sys.exit(f"sweep {name}: trial {row.label} ended {row.outcome} ({row.error or 'no error'}): "
                      "its compute cannot be counted")
-        history = store.get_metric_history(row.run_id, LOSS_METRIC)
+        first_logged: dict[int, float] = {}
+        for entry in sorted(store.get_metric_history(row.run_id, LOSS_METRIC), key=lambda m: m.timestamp):
+            first_logged.setdefault(entry.step, entry.timestamp / 1000)
         finished = row.outcome is Outcome.FINISHED
+        shown = " ".join(f"{key.split('.')[-1]}={row.param(key)}" for key in SEARCHED if key in row.params)
         out.append(TrialCompute(
-            name=f"{row.name.split(' ', 1)[0]} {row.params_text(' ')}", start=row.start_time / 1000,
-            end=row.end_time / 1000, step_times=tuple(sorted(m.timestamp / 1000 for m in history)),
+            name=f"{row.name.split(' ', 1)[0]} {shown}", start=row.start_time / 1000,
+            end=row.end_time / 1000, step_times=tuple(sorted(first_logged.values())),
             metric=row.value(sweep.metric) if finished else None,
             stopped_early=row.outcome is Outcome.STOPPED_EARLY))
     return sweep, out
@@ -262,6 +275,9 @@ def report(grid: SweepResult, searches: list[SweepResult], *, metric: str, mode:
     shown_floor = "none" if floor is None else f"{floor:.4g}"
     print(f"\ngrid best {metric} {best:.4g}; target (within {tolerance:.0%}) {mode} {target:.4g}; "
           f"the grid's noise floor {shown_floor}")
+    if floor is not None and abs(target - best) < floor:
+        print(f"  note: the target's margin ({abs(target - best):.4g}) is inside the noise floor: which trials "
+              "reach it is partly eval-seed noise")
     for result in [grid, *searches]:
         show_trials(result, target, mode)
     grid_total = total(grid.trials)
@@ -291,9 +307,11 @@ def numbers(kind: type, text: str) -> list[Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--base", default="builtin:catsith-tiny", help="the base model (default: %(default)s)")
-    parser.add_argument("--tiny", action="store_true", help="build a 40-step tiny base first (~20 s idle) and "
-                        "use it with the tiny profile: 40 steps, 16 metric samples, 4 sampler steps")
+    parser.add_argument("--base", default=None, help="the base model (default: builtin:catsith-tiny; with "
+                        "--tiny, a new 40-step tiny base)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny profile (40 steps, 16 metric samples, 4 "
+                        "sampler steps, the tiny base's own data); builds the tiny base first (~20 s idle) "
+                        "unless --base names one (with --cache holding its data)")
     parser.add_argument("--steps", type=int, default=None, help="steps per trial (default: 320, --tiny 40)")
     parser.add_argument("--evaluations", type=int, default=4, help="ASHA sweep's evaluations per trial")
     parser.add_argument("--ranks", type=lambda s: numbers(int, s), default=[2, 4, 8])
@@ -302,7 +320,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--search-seeds", type=lambda s: numbers(int, s), default=[0],
                         help="one ASHA + TPE sweep per seed (search.seed), e.g. 0,1,2")
     parser.add_argument("--grace-period", type=int, default=1)
-    parser.add_argument("--reduction-factor", type=int, default=2)
+    parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2, help="max_concurrent_trials of both sweeps")
     parser.add_argument("--tolerance", type=float, default=0.05, help="the target: within this fraction of "
                         "the grid's best")
@@ -320,8 +338,8 @@ def run_bench(args: argparse.Namespace, work: Path) -> None:
     cache = (args.cache or (work / "cache" if args.tiny else None))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONUNBUFFERED": "1", **({"CATSITH_CACHE": str(cache.resolve())} if cache else {})}
-    base = args.base
-    if args.tiny:
+    base = args.base or "builtin:catsith-tiny"
+    if args.tiny and args.base is None:
         from sweep_overhead import build_tiny_base  # bench/, beside this file
 
         print("building the 40-step tiny base ...", flush=True)
@@ -342,6 +360,11 @@ def run_bench(args: argparse.Namespace, work: Path) -> None:
                              num_samples=args.trials or size, grace_period=args.grace_period,
                              reduction_factor=args.reduction_factor, **common)
         every = max(1, steps // args.evaluations)
+        evaluations = -(-steps // every)  # run_trial also evaluates at the end of a partial interval
+        rungs = asha_rungs(evaluations, args.grace_period, args.reduction_factor)
+        late = rungs[-1] >= evaluations  # stopped there, a trial has spent its whole budget and loses its result
+        print(f"ASHA may stop trials after evaluations {rungs} of {evaluations}"
+              + (" (the last rung is the final evaluation)" if late else ""), flush=True)
         load, wall = run_sweep(work, name, experiment_yaml(name, base, profile, steps, every, search), env)
         searches.append(SweepResult(f"asha+tpe seed {seed}", read_trials(uri, name)[1], load, wall))
     report(grid, searches, metric=grid_sweep.metric, mode=grid_sweep.mode, tolerance=args.tolerance,

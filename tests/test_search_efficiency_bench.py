@@ -83,6 +83,17 @@ def test_expected_random_order_matches_every_permutation(bench: Any, costs: list
     assert bench.expected_in_random_order(costs, [False] * len(costs)) == math.inf
 
 
+@pytest.mark.parametrize("evaluations,grace,factor,rungs", [
+    (4, 1, 2, [1, 2, 4]),  # the last rung is the final evaluation
+    (4, 1, 3, [1, 3]),
+    (4, 2, 3, [2]),
+    (8, 1, 2, [1, 2, 4, 8]),
+])
+def test_asha_rungs_as_ray_sets_them(bench: Any, evaluations: int, grace: int, factor: int,
+                                     rungs: list[int]) -> None:
+    assert bench.asha_rungs(evaluations, grace, factor) == rungs
+
+
 @pytest.mark.parametrize("keys,trials", [
     ({"sampler": "grid", "scheduler": "none", "seed": 0, "num_samples": 6}, 6),
     ({"sampler": "tpe", "scheduler": "asha", "seed": 3, "num_samples": 4, "grace_period": 1}, 4),
