@@ -7,7 +7,8 @@ split, trial seed (`train.seed`) and evaluation:
    random order), `scheduler: none`, every trial the whole step budget. It evaluates once, at the end:
    intermediate evaluations would only cost a grid time.
 2. asha: `sampler: tpe` over the same choices (categorical: the same candidates, so the grid's best is
-   reachable), `scheduler: asha`, evaluations every quarter of the budget; as many trials as the grid
+   reachable), `scheduler: asha` (grace period 1, reduction factor 3: rungs after evaluations 1 and 3),
+   evaluations every quarter of the budget; as many trials as the grid
    (`--trials` to change), once per `--search-seeds` seed.
 
 Compute is read back from the MLflow store (`catsith_sweep.tracking`): steps = training steps each trial
