@@ -82,6 +82,11 @@ BROKEN: list[tuple[str, list[str]]] = [
     ("name: x\ntrainer: lora\nfull:\n  vae_steps: 3\n", [":3 full: section `full` is for trainer `full`"]),
     ("name: x\ntrainer: lora\ndistill:\n  stesp: 3\n", [":4 distill.stesp: unknown key"]),
     ("name: x\ntrainer: lora\ntracking:\n  log_every_n_steps: 0\n", [":4 tracking.log_every_n_steps:", "got 0"]),
+    ("name: x\ntrainer: lora\nsearch:\n  sampler: grid\n  space:\n    train.learning_rate: {type: float, low: 0.001, high: 0.01}\n",
+     [":6 search.space.train.learning_rate: sampler `grid` needs finite values", "give it a `step`"]),
+    ("name: x\ntrainer: lora\nsearch:\n  sampler: grid\n  num_samples: 7\n  space:\n    lora.rank: {type: categorical, values: [2, 4]}\n"
+     "    train.learning_rate: {type: float, low: 0.001, high: 0.003, step: 0.001}\n",
+     [":5 search.num_samples: sampler `grid` has 6 combinations, but num_samples is 7"]),
 ]
 
 

@@ -72,3 +72,23 @@ def test_best_value_ignores_pruned_partial_scores(finished: bool) -> None:
     # b's partial score is better, but it only counts as a finished trial's value when it finished.
     searcher.on_trial_complete("b", _report(searcher, "b", [2.0], finished=finished))
     assert searcher.study.best_value == (2.0 if finished else 5.0)
+
+
+def test_grid_sampler_covers_every_combination_once() -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    from catsith_sweep.sweep.space import make_sampler
+
+    space = {"rank": CategoricalDistribution([2, 4, 8]), "lr": CategoricalDistribution([1e-3, 1e-2])}
+    searcher = OptunaStudySearcher(space=space, metric="fid", mode="min", sampler=make_sampler("grid", 0))
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(6):  # two in flight at a time, as a sweep with max_concurrent_trials 2 asks
+            seen.append(tuple(searcher.suggest(f"t{i}").values()))
+            if i:  # the grid sampler stops its study once covered: told anyway, nothing raised
+                searcher.on_trial_complete(f"t{i - 1}", _report(searcher, f"t{i - 1}", [float(i)], finished=True))
+        searcher.on_trial_complete("t5", _report(searcher, "t5", [0.5], finished=True))
+    assert len(set(seen)) == 6
+    assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 6
+    assert searcher.study.best_value == 0.5

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from catsith_sweep.config.schema import TRAINER_NAMES, Experiment
-from catsith_sweep.config.space import Distribution, SearchSpaceFile
+from catsith_sweep.config.space import Categorical, Distribution, FloatRange, IntRange, SearchSpaceFile
 from catsith_sweep.config.yaml_lines import (
     KeyPath,
     YamlLimitError,
@@ -248,12 +248,37 @@ def _load_space(experiment: Experiment, raw: dict[str, Any], source: _Source,
     for key, (dist, src, loc) in merged.items():
         for problem in _check_space_key(key, dist, experiment, raw):
             problems.append(f"{src.where(loc)} search.space.{shorten(key)}: {problem}")
+    if experiment.search.sampler == "grid":
+        problems.extend(_grid_problems(experiment, {k: (d, src.where(loc)) for k, (d, src, loc) in merged.items()},
+                                       source.where(("search", "num_samples"))))
     for index, plot in enumerate(experiment.search.plots):
         if plot.x not in merged:
             loc = ("search", "plots", index, "x")
             problems.append(f"{source.where(loc)} {format_loc(loc)}: `{shorten(plot.x)}` is not a searched key"
                             + _suggest(plot.x, list(merged)))
     return {key: value[0] for key, value in merged.items()}, space_file
+
+
+def _grid_problems(experiment: Experiment, space: dict[str, tuple[Distribution, str]], where_samples: str) -> list[str]:
+    """`sampler: grid` enumerates every combination: each key needs finite values, and more trials than
+    combinations would only repeat some."""
+    problems, combinations = [], 1
+    for key, (dist, where) in space.items():
+        if isinstance(dist, FloatRange) and dist.step is None:
+            problems.append(f"{where} search.space.{shorten(key)}: sampler `grid` needs finite values, but this "
+                            "float range is continuous: give it a `step`, or make it categorical")
+            continue
+        if isinstance(dist, Categorical):
+            combinations *= len(dist.values)
+        elif isinstance(dist, IntRange):
+            combinations *= len(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatRange) and dist.step is not None:
+            combinations *= int((dist.high - dist.low) / dist.step + 1e-9) + 1
+    samples = experiment.search.num_samples
+    if not problems and samples > combinations:
+        problems.append(f"{where_samples} search.num_samples: sampler `grid` has {combinations} combinations, "
+                        f"but num_samples is {samples}: at most {combinations} (more would repeat some)")
+    return problems
 
 
 def _read_space_file(path: Path, trainer: str, problems: list[str]) -> tuple[dict[str, Distribution], _Source]:

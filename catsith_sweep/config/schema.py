@@ -291,7 +291,10 @@ class SearchSection(Section):
     """Metric(s) to optimise, as the trainer reports them. Default: the trainer's main quality metric
     (`sprite_fid`; `sprite_fid_prior` for `trainer: vae`, whose samples come from its prior)."""
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
-    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2", "grid"] = "tpe"
+    """Optuna sampler. `grid`: every combination of the searched values once, in a seeded random order
+    (Optuna's BruteForceSampler); its keys need finite values (categorical, fixed, int, float with
+    `step`), and `num_samples` at most the number of combinations."""
     scheduler: Literal["asha", "median", "none"] = "asha"
     """Early stopping across trials, judged on one metric (`scheduler_metric`). In a multi-objective
     sweep a stopped trial is told to Optuna as pruned and never enters the Pareto front (sweep/multi.py)."""

@@ -74,12 +74,19 @@ class OptunaStudySearcher(Searcher):
         trial = self.asked[trial_id]
         values = [result.get(m) for m in self.metrics] if result else []
         finite = [float(v) for v in values if isinstance(v, int | float) and _finite(v)]
-        if error or not result or result.get(FAILED) or len(finite) < len(self.metrics):
-            self.study.tell(trial, state=TrialState.FAIL)
-        elif not result.get(FINISHED):
-            self.study.tell(trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(trial, finite if len(finite) > 1 else finite[0])
+        try:
+            if error or not result or result.get(FAILED) or len(finite) < len(self.metrics):
+                self.study.tell(trial, state=TrialState.FAIL)
+            elif not result.get(FINISHED):
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self.study.tell(trial, finite if len(finite) > 1 else finite[0])
+        except RuntimeError as exc:
+            # The grid sampler calls `study.stop()` once the grid is covered, which only works inside
+            # `study.optimize`; tell has recorded the trial by then (in its `finally`). Tune's
+            # num_samples ends the sweep instead.
+            if "Study.stop" not in str(exc):
+                raise
         self.told.add(trial_id)
 
     def save(self, checkpoint_path: str) -> None:

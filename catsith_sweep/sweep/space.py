@@ -40,9 +40,17 @@ def decode_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int | None) -> Any:
+    import warnings
+
     import optuna
 
+    def grid() -> Any:
+        with warnings.catch_warnings():  # experimental since Optuna 3.1; what `grid` means is fixed here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.BruteForceSampler(seed=seed)
+
     samplers = {
+        "grid": grid,
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
