@@ -26,13 +26,13 @@ UNIT = TrialTimes(setup=0.0, segments=(1.0,) * 7, export=0.0)  # 7 evaluations o
 # --- scheduler rules ---------------------------------------------------------------------------------
 def test_asha_milestones_follow_rays_formula() -> None:
     assert asha_milestones(grace_period=1, reduction_factor=2, max_t=8) == [1, 2, 4, 8]
-    # lora_rank: 4 evaluations + the final report, grace 2, rf 3: one rung, at evaluation 2
+    # lora_rank: 4 evaluations (max_t one more), grace 2, rf 3: one rung, at evaluation 2
     assert asha_milestones(grace_period=2, reduction_factor=3, max_t=5) == [2]
 
 
 def test_asha_improving_trials_all_run_to_the_end() -> None:
     outcome = simulate_sweep([0.1 * i for i in range(8)], UNIT, slots=1, scheduler="asha")
-    assert outcome.reports == [8] * 8  # 7 evaluations + the final report each
+    assert outcome.reports == [7] * 8  # 7 evaluations each, the last one the final report
     assert outcome.wall_seconds == pytest.approx(8 * 7)  # 8 trials of 7 one-second segments
 
 
@@ -40,17 +40,21 @@ def test_asha_worsening_trials_stop_at_the_first_rung() -> None:
     """grace 1, rf 2, 8 trials, 4 rungs: each trial worse than all before it is cut at rung 1, except
     the first, which has nothing to be compared with: 7 + 7 x 1 = 14 evaluations."""
     outcome = simulate_sweep([1.0 - 0.1 * i for i in range(8)], UNIT, slots=1, scheduler="asha")
-    assert outcome.reports == [8] + [1] * 7
+    assert outcome.reports == [7] + [1] * 7
     assert outcome.busy_seconds == pytest.approx(14)
 
 
 def test_asha_expected_stops_with_one_rung_are_half_of_the_later_trials() -> None:
     """With one comparison at rf 2, trial k goes on when it beats the median of the k-1 before it:
-    probability 1/2 for every k > 1 (symmetry), so (8 - 1) / 2 = 3.5 trials stop."""
-    times = TrialTimes(setup=0.0, segments=(1.0,), export=0.0)
-    exp = expected_sweep(num_trials=8, times=times, eval_steps=[10], slots=1, scheduler="asha", draws=4000)
+    probability 1/2 for every k > 1 (symmetry), so (8 - 1) / 2 = 3.5 trials stop. The second rung is
+    the final report, where nothing is stopped: a trial that got there trained its whole budget."""
+    times = TrialTimes(setup=0.0, segments=(1.0, 1.0), export=0.0)
+    exp = expected_sweep(num_trials=8, times=times, eval_steps=[10, 20], slots=1, scheduler="asha", draws=4000)
     assert exp.stopped_early == pytest.approx(3.5, abs=0.1)
-    assert exp.steps == pytest.approx(80)  # a stop at the only evaluation saves only the export
+    assert exp.steps == pytest.approx(8 * 10 + 4.5 * 10, abs=1.0)
+    single = TrialTimes(setup=0.0, segments=(1.0,), export=0.0)
+    one = expected_sweep(num_trials=8, times=single, eval_steps=[10], slots=1, scheduler="asha", draws=400)
+    assert one.stopped_early == 0 and one.steps == 80  # one evaluation: it is the final report
 
 
 def test_asha_expected_steps_grace1_rf2_8_trials_4_rungs() -> None:
@@ -65,7 +69,7 @@ def test_asha_expected_steps_grace1_rf2_8_trials_4_rungs() -> None:
 
 def test_median_rule_needs_two_others() -> None:
     outcome = simulate_sweep([1.0, 0.9, 0.0], UNIT, slots=1, scheduler="median", grace_period=1)
-    assert outcome.reports == [8, 8, 1]  # the third is below the median of the two before, at once
+    assert outcome.reports == [7, 7, 1]  # the third is below the median of the two before, at once
 
 
 def test_two_slots_halve_the_wall_time_of_equal_trials() -> None:

@@ -2,7 +2,8 @@
 trials pack onto the machine's slots. No torch, no Ray: plain numbers in, plain numbers out.
 
 The scheduler rules are Ray Tune's, as `catsith_sweep/sweep/tuner.py` configures them (time is
-counted in reports: report m (1-based) is the m-th evaluation, and report n+1 is the final one):
+counted in reports: report m (1-based) is the m-th evaluation; the last, report n, is also the final
+report, sent after the export, so a trial that reaches it has trained its whole budget):
 
 - ASHA (`AsyncHyperBandScheduler`, one bracket, `stop_last_trials=True`): rungs at
   `grace * rf**k` for `k < int(log(max_t / grace) / log(rf) + 1)`. A trial reaching a rung is
@@ -65,7 +66,7 @@ class TrialTimes:
 
 @dataclass
 class SweepOutcome:
-    """One simulated sweep: per-trial reports done (1..n+1; n+1 = finished) and the timeline."""
+    """One simulated sweep: per-trial reports done (1..n; n = finished) and the timeline."""
 
     reports: list[int]
     wall_seconds: float
@@ -111,7 +112,8 @@ def simulate_sweep(rewards: list[float], times: TrialTimes, *, slots: int, sched
     def start(trial: int, at: float) -> None:
         nonlocal order
         order += 1
-        heapq.heappush(events, (at + times.setup + times.segments[0], order, trial, 1))
+        heapq.heappush(events, (at + times.setup + times.segments[0] + (times.export if n == 1 else 0.0),
+                                order, trial, 1))
 
     while next_trial < min(slots, len(rewards)):
         start(next_trial, 0.0)
@@ -121,7 +123,7 @@ def simulate_sweep(rewards: list[float], times: TrialTimes, *, slots: int, sched
     while events:
         now, _, trial, report = heapq.heappop(events)
         reports[trial] = report
-        if report == n + 1:
+        if report == n:  # the final report: the trial ends whatever a scheduler decides
             stop = True
         elif scheduler == "asha":
             stop = _asha_decide(asha_state, milestones, reduction_factor, report, rewards[trial])
@@ -131,7 +133,7 @@ def simulate_sweep(rewards: list[float], times: TrialTimes, *, slots: int, sched
             stop = False
         if not stop:
             order += 1
-            step_time = times.export if report == n else times.segments[report]
+            step_time = times.segments[report] + (times.export if report + 1 == n else 0.0)
             heapq.heappush(events, (now + step_time, order, trial, report + 1))
             continue
         busy += now - started_at[trial]
@@ -171,8 +173,8 @@ def expected_sweep(*, num_trials: int, times: TrialTimes, eval_steps: list[int],
     for _ in range(draws):
         outcome = simulate_sweep(rng.random(num_trials).tolist(), times, slots=slots, scheduler=scheduler,
                                  grace_period=grace_period, reduction_factor=reduction_factor)
-        evals = [min(r, n) for r in outcome.reports]
-        totals += (sum(r <= n for r in outcome.reports), sum(evals), sum(eval_steps[e - 1] for e in evals),
+        evals = outcome.reports
+        totals += (sum(r < n for r in evals), sum(evals), sum(eval_steps[e - 1] for e in evals),
                    outcome.wall_seconds, outcome.busy_seconds)
     mean = totals / draws
     return Expectation(trials=num_trials, stopped_early=float(mean[0]), evaluations=float(mean[1]),

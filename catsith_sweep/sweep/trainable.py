@@ -70,9 +70,8 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
         if r.params:  # facts of the run (its held-out split, `split.*`), sent once
             logger.log_params(r.params)
         logger.log_metrics(r.metrics, r.step)
-        if not r.final:  # the final report repeats the last evaluation's images
-            for key, path in r.images.items():
-                logger.log_image(path, key, r.step)
+        for key, path in r.images.items():
+            logger.log_image(path, key, r.step)
         if r.final:
             samples = {p.name: p for img in r.images.values() for p in img.parent.glob(f"{img.stem}.*")}
             logger.log_artifacts(samples, artifacts.SAMPLES_DIR)
@@ -81,12 +80,11 @@ def trial_main(params: dict[str, Any], context: SweepContext) -> None:
             elapsed = time.perf_counter() - started
             logger.log_metrics({"tracking_seconds": logger.seconds, "trial_seconds": elapsed}, r.step)
             logger.flush()
-            tune.report({**r.metrics, STEP: r.step, FINISHED: True, FAILED: False})
-        elif r.checkpoint is not None:
+        if r.final or r.checkpoint is not None:  # evaluations; Ray and its scheduler see only these
             from ray.tune import Checkpoint
 
-            tune.report({**r.metrics, STEP: r.step, FINISHED: False, FAILED: False},
-                        checkpoint=Checkpoint.from_directory(str(r.checkpoint)))
+            checkpoint = Checkpoint.from_directory(str(r.checkpoint)) if r.checkpoint is not None else None
+            tune.report({**r.metrics, STEP: r.step, FINISHED: r.final, FAILED: False}, checkpoint=checkpoint)
         # plain training-loss reports go to MLflow only: Ray and its scheduler see evaluations
 
     checkpoint = tune.get_checkpoint()

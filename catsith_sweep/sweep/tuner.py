@@ -26,8 +26,9 @@ def _scheduler(loaded: LoadedExperiment, max_evaluations: int) -> Any:
     # scheduler carries it; what it stops is told to Optuna as pruned, off the front (sweep/search.py).
     metric, mode = search.scheduler_objective() if len(search.metrics()) > 1 else (None, None)
     if search.scheduler == "asha":
-        # Time is counted in evaluations (the only results trials send), plus the final report;
-        # `max_evaluations` is the longest trial's (driver.budget_evaluations), so none is cut short.
+        # Time is counted in evaluations (the only results trials send; the last one is the final
+        # report); `max_evaluations` is the longest trial's (driver.budget_evaluations), and max_t one
+        # more, so ASHA never stops a trial for reaching max_t.
         return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations + 1, metric=metric, mode=mode,
                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     if search.scheduler == "median":

@@ -133,6 +133,7 @@ def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: R
             report(Report(step=step, metrics=metrics))
 
     evaluation = Evaluation(step=trainer.step, metrics={})
+    checkpoint: Path | None = None
     while trainer.step < total:
         chunk = min(every - trainer.step % every, total - trainer.step)
         train_metrics = trainer.train(chunk, log)
@@ -142,6 +143,11 @@ def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: R
         with staged_dir(checkpoint) as staging:  # the old checkpoint stays whole until the new one is
             trainer.save(staging)
             write_resolved_config(staging, experiment)
+        if trainer.step >= total:
+            # The last evaluation goes out once, as the final report with the exports: reported on its
+            # own first, a scheduler could stop a trial that trained its whole budget at that report
+            # (ASHA's top rung can fall on the last evaluation) and its exports would be lost.
+            break
         report(Report(step=trainer.step, metrics=evaluation.metrics, images=evaluation.images,
                       checkpoint=checkpoint))
     if not evaluation.metrics:  # resumed at the end of the budget: evaluate once more
@@ -149,5 +155,5 @@ def run_trial(trainer: Trainer, experiment: Experiment, workdir: Path, report: R
     exports = trainer.export(workdir / "export")
     write_resolved_config(workdir / "export", experiment)
     report(Report(step=trainer.step, metrics=evaluation.metrics, images=evaluation.images, exports=exports,
-                  final=True))
+                  checkpoint=checkpoint, final=True))
     return evaluation
