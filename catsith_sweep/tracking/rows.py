@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+SPLIT_PREFIX = "split."
+"""Params that record the held-out split (`data/split.py`), the same for every trial of a sweep."""
+
 
 class Outcome(StrEnum):
     """How a trial ended, as the leaderboard says it. Only FINISHED trials are ranked or promoted."""
@@ -118,8 +121,9 @@ class TrialRow:
         return f"{number} {self.trial}".strip()
 
     def params_text(self, sep: str = ", ") -> str:
-        """Sampled params as a person reads them: floats to 4 significant digits (MLflow keeps text)."""
-        return sep.join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
+        """Sampled params as a person reads them: floats to 4 significant digits (MLflow keeps text).
+        The held-out split's facts (`split.*`) are left out: every trial of a sweep has the same."""
+        return sep.join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()) if not k.startswith(SPLIT_PREFIX))
 
     def summary(self, metric: str) -> dict[str, Any]:
         """Plain facts for `sweep.json`."""
