@@ -108,6 +108,18 @@ def test_eta_does_not_take_trials_stopped_early_for_the_norm() -> None:
     assert forecast.eta_s(now=300.0) == pytest.approx((150.0 + 40.0) + SUMMARY_S)
 
 
+def test_eta_counts_down_before_the_first_evaluation() -> None:
+    """Ray sees only evaluations, so a running trial's steps are unknown until its first: until then
+    its time left is the expected trial time less the time it has run."""
+    from catsith_sweep.sweep.forecast import SUMMARY_S
+
+    plan = Predicted(wall_seconds=100.0, steps=200.0, trials=2, trial_seconds=100.0, source="plan")
+    forecast = _forecast(started=0.0, planned=2, slots=2, total_steps=100, plan=plan)
+    forecast.begun = {"a": 0.0, "b": 0.0}
+    assert forecast.eta_s(now=10.0) == pytest.approx(90.0 + SUMMARY_S)
+    assert forecast.eta_s(now=60.0) == pytest.approx(40.0 + SUMMARY_S)
+
+
 EXPERIMENT = """\
 # Budget test: SpriteVAE trials two at a time, one short (3 steps) beside long ones (100000 steps) that the
 # wall budget cuts; later long ones are either never started (the forecast) or cut too.

@@ -160,11 +160,15 @@ class SweepForecast(Callback):
             per_step = self.predicted.trial_seconds / max(1, self.total_steps)
         expected = self.expected_steps()
         running = []
-        for trial_id in self.begun:
-            if trial_id not in self.ended:
-                done = self.steps.get(trial_id, 0)
+        for trial_id, begun in self.begun.items():
+            if trial_id in self.ended:
+                continue
+            done = self.steps.get(trial_id, 0)
+            if done:  # steps are known from its evaluations
                 left = expected - done if done < expected else self.total_steps - done
                 running.append(max(0.0, left) * per_step)
+            else:  # no evaluation yet: by the time it has run
+                running.append(max(0.0, expected * per_step - (now - begun)))
         pending = max(0, self.planned - len(self.begun))
         work = pending * expected * per_step + sum(running)
         waves = work / self.slots if pending else max(running, default=0.0)
