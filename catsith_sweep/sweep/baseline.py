@@ -230,7 +230,7 @@ class BaselineJob:
 def start_job(experiment: Experiment, workdir: Path, *, dataset_dir: Path, code_version: str,
               log: Callable[[str], None] = print) -> BaselineJob:
     """Start the sweep's baseline (`baseline_for`) in a thread and say so; collect it with `wait`."""
-    from catsith_sweep.data.dataset import fingerprint
+    from catsith_sweep.data.fingerprint import fingerprint
 
     seeds = experiment.eval.noise_seeds
     log(f"baseline: the starting point (no training) at {seeds} eval seed{'s' * (seeds != 1)}, "

@@ -85,7 +85,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from catsith_sweep.sweep.driver import run_sweep
 
     outcome = run_sweep(loaded, address=args.address, tracking_uri=uri, resume=args.resume,
-                        runs_root=Path(args.runs_dir), log=lambda m: out.print(escape(str(m))))
+                        runs_root=Path(args.runs_dir), log=lambda m: out.print(escape(str(m))),
+                        finish_in_background=True)
+    try:  # the summary is printed while the plots are drawn and Ray shuts down
+        return _print_outcome(args, loaded, uri, outcome)
+    finally:
+        outcome.wait_finished()
+
+
+def _print_outcome(args: argparse.Namespace, loaded: Any, uri: str, outcome: Any) -> int:
     if outcome.interrupted:
         out.print(f"[yellow]sweep {outcome.sweep_dir.name} interrupted[/yellow]: finished trials are kept; "
                   f"continue it with: python -m catsith_sweep run {args.experiment} --resume")
