@@ -195,7 +195,7 @@ def baseline_for(experiment: Experiment, workdir: Path, *, dataset_fingerprint: 
 
 
 class BaselineJob:
-    """`baseline_for` in a daemon thread, started while Ray starts; `wait` collects it. An error is
+    """`baseline_for` in a thread, started while Ray starts; `wait` collects it. An error is
     reported, not raised: the baseline is a reference, and the trials (which load the same base and
     data) fail on their own when the setup is broken."""
 
@@ -203,7 +203,9 @@ class BaselineJob:
         self._compute, self._log = compute, log
         self.result: Baseline | None = None
         self.error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="catsith-baseline", daemon=True)
+        # Not a daemon: an interrupted driver's exit waits for it rather than ending the process while it is
+        # inside torch (Python 3.11 then aborts the process), and the resumed sweep finds it cached.
+        self._thread = threading.Thread(target=self._run, name="catsith-baseline", daemon=False)
 
     def start(self) -> BaselineJob:
         self._thread.start()

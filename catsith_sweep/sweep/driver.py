@@ -142,7 +142,7 @@ def quiet_driver() -> None:
     # Every evaluation is a checkpoint, so Tune snapshots its state often; on a local storage path that
     # costs milliseconds, yet Tune warns about it every few seconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own result files (progress.csv, result.json, TensorBoard events) are read by nothing here:
+    # Tune's CSV and TensorBoard result files are read by nothing here (tuner.py keeps its result.json):
     # MLflow holds every result. Its TensorBoard writer alone imports torch into the driver (3-6 s, and
     # as long again for torch's teardown at exit on a busy 2-core machine).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -282,11 +282,14 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, timeout: float | None = None) -> None:
+def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, timeout: float | None = None,
+                      log: Any = print) -> None:
     """Wait for the baseline job (if this run started one), log it on the parent run, keep it in the state."""
     from catsith_sweep.sweep.baseline import log_to_parent
 
     baseline = job.wait(timeout) if job is not None else None
+    if job is not None and baseline is None and job.error is None:
+        log("the baseline evaluation is still running: the driver ends once it is done (it is then cached)")
     if baseline is not None:
         log_to_parent(uri, sweep.run_id, baseline)
         write_state(sweep_dir, baseline=baseline.metrics, noise_floors=baseline.noise_floors)
@@ -310,7 +313,9 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     elif results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         why = "interrupted (Ctrl-C): resumable with run --resume"
-        _collect_baseline(baseline_job, uri, sweep, sweep_dir, timeout=0)
+        if budget is not None:
+            budget.record(force=True)  # what this session spent counts against the budget when resumed
+        _collect_baseline(baseline_job, uri, sweep, sweep_dir, timeout=0, log=log)
         sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
         write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
         return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True, finishing=Finishing(ray_session))
@@ -350,11 +355,11 @@ def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path,
         git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
     )
     tune_dir = sweep_dir / "tune"
-    forecast, budget = budgets.sweep_meters(loaded, started=started,
+    forecast, budget = budgets.sweep_meters(loaded, started=started, sweep_dir=sweep_dir,
                                             plan=load_plan(sweep_dir.parent, config_fingerprint(loaded)))
     if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
-        tuner, _ = restore_tuner(loaded, context, tune_dir)  # its callbacks and budget are the pickled ones
-        budget = None
+        # Its pickled callbacks, stopper and searcher unpickle as this session's forecast and budget (sweep/live.py)
+        tuner, _ = restore_tuner(loaded, context, tune_dir)
     else:
         tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded), forecast=forecast,
                                budget=budget)

@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune import Callback
 
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.sweep.live import Live
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 
 SUMMARY_S = 5.0
@@ -62,9 +63,10 @@ def load_plan(runs_dir: Path, fingerprint: str) -> Predicted | None:
     return Predicted(**{k: data[k] for k in Predicted.__dataclass_fields__})
 
 
-class SweepForecast(Callback):
+class SweepForecast(Live, Callback):
     """A Tune callback in the driver: when each trial started and ended, the steps it reached; from
-    them the ETA, the compute spent, and the first-trial prediction when no plan was saved."""
+    them the ETA, the compute spent, and the first-trial prediction when no plan was saved. Counts this
+    driver session only (`started`): pickled by name (sweep/live.py), so a resumed sweep counts anew."""
 
     def __init__(self, *, started: float, planned: int, slots: int, units_per_trial: float, total_steps: int,
                  every_n_steps: int, scheduler: str, grace_period: int, reduction_factor: int,
