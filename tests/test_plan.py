@@ -107,7 +107,8 @@ def test_shipped_price_table_has_the_guides_rates() -> None:
     prices = load_prices()
     rates = {o.provider: o.usd_per_hour for o in prices.gpus["a100-40gb"].offers}
     assert rates == {"Lambda Labs": 1.10, "RunPod": 1.44, "AWS p4d": 3.50, "Google Cloud": 3.67}
-    assert prices.device_speed("cpu (1 thread(s))").guess
+    speed = prices.device_speed("cpu (1 thread(s))")
+    assert speed is not None and speed.guess
 
 
 def test_hardware_cost_scales_by_speed_and_marks_guesses() -> None:
@@ -181,3 +182,31 @@ def test_plan_on_the_tiny_base(tiny_base: Path, use_catsith_cache: Path, tmp_pat
     assert pred.wall_s > pred.fixed_s
     for needle in ("s/step", "s/eval", "wall time", "Lambda Labs", "(guess)", "assumptions"):
         assert needle in text
+
+
+@pytest.mark.integration
+def test_plan_saves_the_prediction_its_sweep_reads(tiny_base: Path, use_catsith_cache: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan` alone keeps its prediction where `run` of the same config finds it (driver: `load_plan` of
+    the config fingerprint), so the sweep's parent run compares `predicted_wall_seconds` with it."""
+    from catsith_sweep.cli import main
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.config.fingerprint import config_fingerprint
+    from catsith_sweep.plan.saved import load_plan
+    from catsith_sweep.sweep.forecast import SweepForecast, compare
+
+    overrides = [f"model.base={tiny_base}", f"model.cache_dir={use_catsith_cache}", "data.synth_variants=1",
+                 "train.max_steps=40", "eval.every_n_steps=20", "eval.num_metric_samples=8",
+                 "eval.num_inference_steps=4", "eval.seeds=[0]", "train.batch_size=4", "search.num_samples=4",
+                 "train.device=cpu"]
+    assert main(["plan", "experiments/lora_rank.yaml", *overrides, "--runs-dir", str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    loaded = load_experiment(Path("experiments/lora_rank.yaml"), overrides)
+    fingerprint = config_fingerprint(loaded)
+    saved = load_plan(tmp_path / "runs" / loaded.experiment.name, fingerprint)
+    assert saved is not None and saved.source == "plan" and f"plan-{fingerprint}.json" in text
+    assert f"({saved.wall_seconds:.0f} s)" in text  # the wall time the prediction table printed
+    forecast = SweepForecast(started=0.0, planned=4, slots=2, units_per_trial=1.0, total_steps=40, every_n_steps=20,
+                             scheduler="asha", grace_period=1, reduction_factor=2, plan=saved)
+    figures = compare(forecast.predicted, {"wall_seconds": 100.0, "steps": 100.0, "trials": 4.0})
+    assert figures["predicted_wall_seconds"] == saved.wall_seconds

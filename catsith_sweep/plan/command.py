@@ -158,8 +158,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     loaded = load_experiment(args.experiment, args.overrides)
     require_implemented(loaded.experiment, loaded.path)
-    print_plan_block(loaded, gpus=args.gpu, prices_path=Path(args.prices) if args.prices else None)
+    _, prediction = print_plan_block(loaded, gpus=args.gpu, prices_path=Path(args.prices) if args.prices else None)
+    out.print(f"prediction kept for this config: {keep_prediction(loaded, prediction, Path(args.runs_dir))}")
     return 0
+
+
+def keep_prediction(loaded: Any, prediction: Prediction, runs_root: Path) -> Path:
+    """Save `prediction` where the sweep of this same config (fingerprint) finds it: its parent run then
+    compares it with what happened (`predicted_wall_seconds` vs `actual_wall_seconds`)."""
+    from catsith_sweep.config.fingerprint import config_fingerprint
+    from catsith_sweep.plan.saved import save_plan
+
+    return save_plan((runs_root / loaded.experiment.name).resolve(), config_fingerprint(loaded), prediction)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,6 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", nargs="+", default=None, metavar="KIND",
                    help="price only these GPU kinds of the price table (default: all)")
     p.add_argument("--prices", default=None, help="a price table YAML (default: catsith_sweep/plan/prices.yaml)")
+    p.add_argument("--runs-dir", default="runs", help="where `run` will keep the sweep's state: the prediction is "
+                   "saved there for it (default: runs/)")
     p.add_argument("--guide-formula", action="store_true",
                    help="print the guide's estimate_training_cost instead (no calibration)")
     p.add_argument("--guide-as-coded", action="store_true",

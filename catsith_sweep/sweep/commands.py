@@ -74,11 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         prediction = print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
         if prediction is not None:  # the sweep of this same config compares itself with it
-            from catsith_sweep.sweep.driver import config_fingerprint
-            from catsith_sweep.sweep.forecast import save_plan
+            from catsith_sweep.plan.command import keep_prediction
 
-            runs_dir = (Path(args.runs_dir) / loaded.experiment.name).resolve()
-            out.print(f"prediction kept for this config: {save_plan(runs_dir, config_fingerprint(loaded), prediction)}")
+            out.print(f"prediction kept for this config: {keep_prediction(loaded, prediction, Path(args.runs_dir))}")
     if args.dry_run:
         out.print("dry run: nothing started")
         return 0

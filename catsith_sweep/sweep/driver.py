@@ -8,7 +8,6 @@ was interrupted continues that sweep (same config) with `Tuner.restore`; `--resu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catsith_sweep.config import LoadedExperiment, dump_resolved
+from catsith_sweep.config import LoadedExperiment
+from catsith_sweep.config.fingerprint import config_fingerprint
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.io import atomic_write_text
 from catsith_sweep.sweep.ray_session import (  # noqa: F401  # init_ray: the cluster tests join with it
@@ -91,12 +91,6 @@ def git_commit() -> str:
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def config_fingerprint(loaded: LoadedExperiment) -> str:
-    space = {k: v.model_dump() for k, v in sorted(loaded.space.items())}
-    text = dump_resolved(loaded.experiment) + json.dumps(space, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
@@ -341,8 +335,8 @@ def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path,
            started: float) -> tuple[Any, Any, Any]:
     """(tuner, forecast, budget): a new tuner, or the interrupted sweep's restored from `tune/`."""
     from catsith_sweep.data.fingerprint import fingerprint as dataset_fingerprint
+    from catsith_sweep.plan.saved import load_plan
     from catsith_sweep.sweep import budget as budgets
-    from catsith_sweep.sweep.forecast import load_plan
     from catsith_sweep.sweep.space import optuna_space
     from catsith_sweep.sweep.summary import public_experiment
     from catsith_sweep.sweep.trainable import SweepContext
