@@ -102,6 +102,44 @@ def test_predict_totals_add_up() -> None:
     assert slow.contention == 2.0 and slow.trial_full_s > 1.9 * pred.trial_full_s - 2
 
 
+def test_baseline_counts_each_noise_seed_and_nothing_once_cached() -> None:
+    m = Measured(total_steps=40, setup_s=2.0, step_s=0.5, eval_s=3.0, save_s=0.0, export_s=1.0, imports_s=10.0)
+    shape = SweepShape(num_trials=4, every_n_steps=20, scheduler="none", grace_period=1, reduction_factor=2,
+                       max_concurrent=2, cpu_per_trial=1, gpu_per_trial=0, threads_per_trial=1,
+                       machine_cpus=2, machine_gpus=0, baseline_evaluations=3)
+    pred = predict(m, shape)
+    # setup + 3 evaluations (eval.noise_seeds 3), beside the first trials: its share of 2 slots
+    assert pred.fixed_before_s["baseline evaluation"] == pytest.approx((2.0 + 3 * 3.0) / 2)
+    assert any("3 evaluations (eval.noise_seeds 3)" in a for a in pred.assumptions), pred.assumptions
+    cached = predict(m, SweepShape(**{**shape.__dict__, "baseline_cached": True}))
+    assert cached.fixed_before_s["baseline evaluation"] == 0.0
+    assert cached.wall_s == pytest.approx(pred.wall_s - (2.0 + 3 * 3.0) / 2)
+    assert any("cached for this setup, so no evaluation is paid" in a for a in cached.assumptions)
+
+
+def test_plan_sees_the_baseline_the_sweep_caches(tmp_path: Path) -> None:
+    """`plan` says a baseline is cached exactly when the sweep would find it (same key, same folder)."""
+    from PIL import Image
+
+    from catsith_sweep.config import Experiment
+    from catsith_sweep.data.fingerprint import fingerprint
+    from catsith_sweep.plan.command import baseline_is_cached, sweep_shape
+    from catsith_sweep.sweep.baseline import Baseline, cache_folder, cache_key, store
+    from catsith_sweep.trainers.baseline_key import git_commit
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.new("RGBA", (8, 8)).save(tmp_path / "data" / "images" / "a.png")
+    exp = Experiment.model_validate({"name": "b", "trainer": "vae", "data": {"path": str(tmp_path / "data")},
+                                     "model": {"cache_dir": str(tmp_path / "cache")}, "eval": {"noise_seeds": 2}})
+    assert not baseline_is_cached(exp) and sweep_shape(exp).baseline_evaluations == 2
+    key = cache_key(exp, dataset_fingerprint=fingerprint(tmp_path / "data"), code_version=git_commit())
+    grid = tmp_path / "data" / "images" / "a.png"
+    store(cache_folder(exp, key), Baseline(metrics={"recon_mse": 0.1}, images={"grid": grid}))
+    assert baseline_is_cached(exp) and sweep_shape(exp, baseline_cached=True).baseline_cached
+    (tmp_path / "data" / "images" / "b.png").write_bytes(b"another image")  # another dataset: another key
+    assert not baseline_is_cached(exp)
+
+
 # --- prices and the guide --------------------------------------------------------------------------
 def test_shipped_price_table_has_the_guides_rates() -> None:
     prices = load_prices()

@@ -20,7 +20,7 @@ from catsith_sweep.plan.predict import Measured, Prediction, SweepShape, fmt_dur
 out = Console(highlight=False, soft_wrap=True)
 
 
-def sweep_shape(exp: Any) -> SweepShape:
+def sweep_shape(exp: Any, *, baseline_cached: bool = False) -> SweepShape:
     search, res = exp.search, exp.resources
     return SweepShape(
         num_trials=search.num_samples, every_n_steps=exp.eval.every_n_steps, scheduler=search.scheduler,
@@ -28,7 +28,16 @@ def sweep_shape(exp: Any) -> SweepShape:
         max_concurrent=search.max_concurrent_trials, cpu_per_trial=res.cpu, gpu_per_trial=res.gpu,
         threads_per_trial=exp.train.num_threads or max(1, int(res.cpu)),
         machine_cpus=float(os.cpu_count() or 1), machine_gpus=float(_gpu_count()),
+        baseline_evaluations=exp.eval.noise_seeds, baseline_cached=baseline_cached,
     )
+
+
+def baseline_is_cached(exp: Any) -> bool:
+    """Whether the sweep will find its baseline cached (after `prepare`: the key needs the dataset)."""
+    from catsith_sweep.data.source import dataset_root
+    from catsith_sweep.trainers.baseline_key import baseline_cached
+
+    return baseline_cached(exp, dataset_root(exp.data, exp.model.cache_dir))
 
 
 def _gpu_count() -> int:
@@ -47,6 +56,7 @@ def plan_experiment(loaded: Any, *, log: Any = print) -> tuple[Calibration, Pred
     exp = loaded.experiment
     shape = sweep_shape(exp)
     cal = calibrate(exp, source=loaded.path, estimate=lambda c: predict(measured(c), shape).wall_s, log=log)
+    shape = sweep_shape(exp, baseline_cached=baseline_is_cached(exp))  # the dataset is prepared now
     return cal, predict(measured(cal), shape)
 
 

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from catsith_sweep.sweep.ray_session import (  # noqa: F401  # init_ray: the clu
     trial_env,
 )
 from catsith_sweep.tracking import Outcome, SweepRun, SweepStatus, TrialRow, rank
+from catsith_sweep.trainers.baseline_key import git_commit
 
 STATE_FILE = "sweep.json"
 
@@ -82,15 +82,6 @@ class Finishing:
             if self.error is not None:
                 self.log(f"the sweep's plots failed ({self.error}); its leaderboard and runs are complete")
         self.ray_session.join()
-
-
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
