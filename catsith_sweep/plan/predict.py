@@ -108,7 +108,9 @@ def predict(m: Measured, shape: SweepShape) -> Prediction:
     imports = m.imports_s if m.imports_s >= 1.0 else STACK_IMPORT_S - RAY_MLFLOW_IMPORT_S
     baseline_s = baseline_seconds(m, shape)
     fixed_before = {"driver imports": imports + RAY_MLFLOW_IMPORT_S,
-                    "baseline evaluation": baseline_s / slots, "ray.init": RAY_INIT_S,
+                    "baseline evaluation": baseline_s / slots,
+                    # in a thread, beside the driver's MLflow import and parent run (sweep/ray_session.py)
+                    "ray.init": max(0.0, RAY_INIT_S - RAY_MLFLOW_IMPORT_S),
                     "first-actor imports": imports + RAY_MLFLOW_IMPORT_S}
     fixed_after = {"summary and plots": SUMMARY_S}
     busy = expectation.busy_seconds + slots * fixed_before["first-actor imports"]
@@ -124,7 +126,8 @@ def predict(m: Measured, shape: SweepShape) -> Prediction:
         _baseline_assumption(shape, baseline_s, slots),
         f"trial start {TRIAL_START_S} s (reused actors) and MLflow tracking {TRACKING_SHARE:.1%} of trial time "
         "(field notes; bench/sweep_overhead.py)",
-        f"ray.init {RAY_INIT_S:g} s and ray.tune+mlflow imports {RAY_MLFLOW_IMPORT_S:g} s per process: field notes; "
+        f"ray.init {RAY_INIT_S:g} s, beside the driver's own {RAY_MLFLOW_IMPORT_S:g} s of ray.tune+mlflow imports "
+        f"(which every trial process pays too): field notes; "
         f"summary and plots {SUMMARY_S:g} s: a guess",
     ]
     return Prediction(slots=slots, contention=slow, evaluations_per_trial=len(steps), expectation=expectation,

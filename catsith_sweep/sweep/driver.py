@@ -8,6 +8,7 @@ was interrupted continues that sweep (same config) with `Tuner.restore`; `--resu
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -173,9 +174,17 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     except BaseException:
         ray_session.stop()
         raise
-    with ending_runs_on_failure(uri, sweep, sweep_dir):
-        outcome = _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, ray_session, started=started,
-                             baseline_job=job, log=log)
+    try:
+        with ending_runs_on_failure(uri, sweep, sweep_dir):
+            outcome = _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, ray_session, started=started,
+                                 baseline_job=job, log=log)
+    except BaseException:
+        ray_session.stop()  # done here, never at the same time as the shutdown Ray registered for exit
+        raise
+    # Ray's shutdown overlaps the summary and the plots, once the tuner and its results (which hold
+    # references into Ray's object store) are gone: freeing one after the shutdown ends the process.
+    gc.collect()
+    ray_session.stop(background=True)
     if not finish_in_background:
         outcome.wait_finished()
     return outcome
@@ -291,7 +300,6 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     check_tracking_reaches_workers(uri, ray_session.address, sweep.experiment_id)
     tuner, forecast, budget = _tuner(loaded, uri, sweep, sweep_dir, dataset_dir, started)
     results = tuner.fit()
-    ray_session.stop(background=True)  # nothing below needs Ray: its shutdown overlaps the summary
     states = None
     if budget is not None and budget.ended_by:  # trials it stopped: KILLED in MLflow, PRUNED in Optuna
         states = budget.end_trials(uri, sweep.experiment_id, sweep.run_id)
