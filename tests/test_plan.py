@@ -10,7 +10,7 @@ import yaml
 
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
-from catsith_sweep.plan.predict import Measured, SweepShape, predict
+from catsith_sweep.plan.predict import TRACKING_SHARE, Measured, SweepShape, predict
 from catsith_sweep.plan.schedule import (
     TrialTimes,
     asha_milestones,
@@ -95,7 +95,7 @@ def test_predict_totals_add_up() -> None:
     pred = predict(m, shape)
     assert pred.slots == 2 and pred.contention == 1.0
     # two rounds of two trials; each trial is setup + 2 x (20 steps + eval) with tracking share + export
-    assert pred.trial_full_s == pytest.approx(2.0 + 0.2 + 2 * (10 + 3) * 1.016 + 1.0)
+    assert pred.trial_full_s == pytest.approx(2.0 + 0.2 + 2 * (10 + 3) * (1 + TRACKING_SHARE) + 1.0)
     assert pred.wall_s == pytest.approx(pred.fixed_s + 2 * pred.trial_full_s)
     # 4 threads wanted on 2 cores: each trial twice as slow
     slow = predict(m, SweepShape(**{**shape.__dict__, "threads_per_trial": 2}))

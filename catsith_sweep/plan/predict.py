@@ -17,8 +17,9 @@ STACK_IMPORT_S = 17.0
 """The whole stack's imports when the planner could not time them (already imported): field notes."""
 TRIAL_START_S = 0.2
 """A trial in a reused actor costs about 0.2 s to start: field notes."""
-TRACKING_SHARE = 0.016
-"""MLflow tracking's share of a trial's time: 0.7-1.6 % in bench/sweep_overhead.py (README); the high end."""
+TRACKING_SHARE = 0.006
+"""MLflow tracking's share of a trial's time: 0.15-0.6 % in bench/sweep_overhead.py since params and image
+bytes are queued too (8 x 40-step trials, load 5 on 2 cores); the high end."""
 SUMMARY_S = 3.0
 """The parent run's summary, leaderboard and plots at the end: a guess (not yet measured alone)."""
 

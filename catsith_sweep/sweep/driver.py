@@ -299,6 +299,7 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     ray_session.wait()
     check_tracking_reaches_workers(uri, ray_session.address, sweep.experiment_id)
     tuner, forecast, budget = _tuner(loaded, uri, sweep, sweep_dir, dataset_dir, started)
+    threading.Thread(target=_import_plotting, name="catsith-plot-imports").start()
     results = tuner.fit()
     states = None
     if budget is not None and budget.ended_by:  # trials it stopped: KILLED in MLflow, PRUNED in Optuna
@@ -328,6 +329,23 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
                 counts={k.value: v for k, v in counts.items()})
     return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=state.get("baseline", {}), rows=rows,
                         metric=sweep.metric, mode=sweep.mode, noise_floors=floors, finishing=finishing)
+
+
+def _import_plotting() -> None:
+    """Import what the end-of-sweep plots need (matplotlib, Optuna's plots and the scikit-learn forest of
+    its parameter importances, torch for the comparison grid) while the trials run, when the driver
+    waits: after the last trial the plots then only draw (their imports took 3-7 s of a 2-core machine's
+    tail). Not a daemon thread: an exit during an import waits for it rather than aborting inside torch."""
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        import sklearn.ensemble  # noqa: F401
+
+        import catsith_sweep.metrics.images  # noqa: F401
 
 
 def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
