@@ -15,8 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from catsith_sweep.config.schema import BudgetSection, Experiment
-from catsith_sweep.sweep.budget import SweepBudget
+from catsith_sweep.sweep.budget import LEDGER_FILE, BudgetLedger, BudgetSearcher, BudgetStopper, SweepBudget
 from catsith_sweep.sweep.forecast import Predicted, SweepForecast, compare
+from catsith_sweep.sweep.live import register
 
 
 def _forecast(started: float = 0.0, **kw: object) -> SweepForecast:
@@ -72,6 +73,36 @@ def test_compute_and_cost_limits_count_trial_time_times_its_share() -> None:
     assert cost.check(now=7199.0) is None
     reason = cost.check(now=7200.0)
     assert reason is not None and "cost_usd 3" in reason
+
+
+def _session(sweep_dir: Path, started: float, minutes: float) -> SweepBudget:
+    """One driver session's forecast and budget, registered as `budget.sweep_meters` registers them."""
+    forecast = _forecast(started=started)
+    budget = SweepBudget(BudgetSection(wall_minutes=minutes), forecast, reserve_s=8,
+                         ledger=BudgetLedger(sweep_dir / LEDGER_FILE, f"{started:.3f}"))
+    for name, meter in (("forecast", forecast), ("budget", budget)):
+        meter.live_key = f"sweep {sweep_dir.name}: {name}"
+        register(meter.live_key, meter)
+    return budget
+
+
+def test_a_resumed_sweep_counts_earlier_sessions_not_their_clock(tmp_path: Path) -> None:
+    import cloudpickle  # what Tune writes tuner.pkl with
+
+    first = _session(tmp_path, started=1000.0, minutes=1)
+    pickled = cloudpickle.dumps((BudgetStopper(first), BudgetSearcher(None, first)))  # tune/tuner.pkl
+    assert first.check(now=1040.0) is None  # 40 s spent, then the driver was interrupted
+    first.record(now=1040.0, force=True)
+
+    resumed = _session(tmp_path, started=5000.0, minutes=1)  # the resumed driver, much later
+    stopper, searcher = cloudpickle.loads(pickled)  # Tuner.restore
+    assert stopper.budget is resumed and searcher.budget is resumed and resumed.searcher is searcher
+    assert resumed.ledger is not None and resumed.ledger.earlier_wall_s == 40.0
+    # 60 s - 40 s already spent - 8 s reserve: this session stops 12 s after its own start.
+    assert resumed.check(now=5011.0) is None
+    reason = resumed.check(now=5012.0)
+    assert reason is not None and "wall_minutes 1 reached (52 s elapsed, 40 s of it before this resume" in reason
+    assert stopper.stop_all()
 
 
 def test_predicted_vs_actual_metrics() -> None:
@@ -186,3 +217,47 @@ def test_wall_budget_cuts_the_sweep_cleanly(tmp_path: Path, catsith_cache: Path)
     assert runs[parent] == "FINISHED"
     # No plan was saved: the first finished trial gave the prediction the parent run compares with.
     assert {"predicted_wall_seconds", "actual_wall_seconds", "predicted_trials", "actual_trials"} <= set(parent_metrics)
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("ray")
+@pytest.mark.timeout(700)
+def test_a_resumed_sweep_stops_at_the_budget_left(tmp_path: Path, catsith_cache: Path) -> None:
+    """Interrupted once it has run a while, then resumed: the resumed session stops at the budget minus
+    what the first session spent (the ledger), and the whole sweep stays within 5% of the budget."""
+    import signal
+    import time
+
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    env = {**os.environ, "CATSITH_CACHE": str(catsith_cache), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "catsith_sweep", "run", "exp.yaml", "search.budget.wall_minutes=1.5"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "runs").rglob("budget_ledger.json")):  # written once trials run
+        if time.monotonic() > deadline or first.poll() is not None:
+            first.kill()
+            pytest.fail("the sweep never started its trials:\n" + (first.communicate()[0] or "")[-3000:])
+        time.sleep(1)
+    time.sleep(5)
+    os.killpg(first.pid, signal.SIGINT)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 130, output[-3000:]
+    (ledger,) = (tmp_path / "runs").rglob("budget_ledger.json")
+    (spent,) = [s["wall_seconds"] for s in json.loads(ledger.read_text())["sessions"].values()]
+
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=400)
+    state = json.loads((ledger.parent / "sweep.json").read_text())
+    assert state["status"] == "finished", resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    # Exit 1 when the budget cut every trial (no finished trial, so no best one to show).
+    assert resumed.returncode in (0, 1) and "killed" in resumed.stdout, resumed.stdout[-3000:]
+    metrics, tags = state["figures"]["metrics"], state["figures"]["tags"]
+    print("resumed budget figures:", json.dumps(state["figures"], indent=1))
+    assert metrics["earlier_sessions_wall_seconds"] == spent
+    assert "wall_minutes 1.5 reached" in tags["catsith.budget_ended_by"] and "before this resume" in \
+        tags["catsith.budget_ended_by"]
+    # This session ran for what was left (90 s - spent, the summary's reserve included), not 90 s.
+    assert metrics["actual_wall_seconds"] <= 90 * 1.05 - spent, (spent, metrics)
+    assert metrics["budget_wall_overshoot"] <= 0.05, metrics

@@ -10,7 +10,7 @@ import yaml
 
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
-from catsith_sweep.plan.predict import Measured, SweepShape, predict
+from catsith_sweep.plan.predict import TRACKING_SHARE, Measured, SweepShape, predict
 from catsith_sweep.plan.schedule import (
     TrialTimes,
     asha_milestones,
@@ -99,11 +99,49 @@ def test_predict_totals_add_up() -> None:
     pred = predict(m, shape)
     assert pred.slots == 2 and pred.contention == 1.0
     # two rounds of two trials; each trial is setup + 2 x (20 steps + eval) with tracking share + export
-    assert pred.trial_full_s == pytest.approx(2.0 + 0.2 + 2 * (10 + 3) * 1.016 + 1.0)
+    assert pred.trial_full_s == pytest.approx(2.0 + 0.2 + 2 * (10 + 3) * (1 + TRACKING_SHARE) + 1.0)
     assert pred.wall_s == pytest.approx(pred.fixed_s + 2 * pred.trial_full_s)
     # 4 threads wanted on 2 cores: each trial twice as slow
     slow = predict(m, SweepShape(**{**shape.__dict__, "threads_per_trial": 2}))
     assert slow.contention == 2.0 and slow.trial_full_s > 1.9 * pred.trial_full_s - 2
+
+
+def test_baseline_counts_each_noise_seed_and_nothing_once_cached() -> None:
+    m = Measured(total_steps=40, setup_s=2.0, step_s=0.5, eval_s=3.0, save_s=0.0, export_s=1.0, imports_s=10.0)
+    shape = SweepShape(num_trials=4, every_n_steps=20, scheduler="none", grace_period=1, reduction_factor=2,
+                       max_concurrent=2, cpu_per_trial=1, gpu_per_trial=0, threads_per_trial=1,
+                       machine_cpus=2, machine_gpus=0, baseline_evaluations=3)
+    pred = predict(m, shape)
+    # setup + 3 evaluations (eval.noise_seeds 3), beside the first trials: its share of 2 slots
+    assert pred.fixed_before_s["baseline evaluation"] == pytest.approx((2.0 + 3 * 3.0) / 2)
+    assert any("3 evaluations (eval.noise_seeds 3)" in a for a in pred.assumptions), pred.assumptions
+    cached = predict(m, SweepShape(**{**shape.__dict__, "baseline_cached": True}))
+    assert cached.fixed_before_s["baseline evaluation"] == 0.0
+    assert cached.wall_s == pytest.approx(pred.wall_s - (2.0 + 3 * 3.0) / 2)
+    assert any("cached for this setup, so no evaluation is paid" in a for a in cached.assumptions)
+
+
+def test_plan_sees_the_baseline_the_sweep_caches(tmp_path: Path) -> None:
+    """`plan` says a baseline is cached exactly when the sweep would find it (same key, same folder)."""
+    from PIL import Image
+
+    from catsith_sweep.config import Experiment
+    from catsith_sweep.data.fingerprint import fingerprint
+    from catsith_sweep.plan.command import baseline_is_cached, sweep_shape
+    from catsith_sweep.sweep.baseline import Baseline, cache_folder, cache_key, store
+    from catsith_sweep.trainers.baseline_key import git_commit
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.new("RGBA", (8, 8)).save(tmp_path / "data" / "images" / "a.png")
+    exp = Experiment.model_validate({"name": "b", "trainer": "vae", "data": {"path": str(tmp_path / "data")},
+                                     "model": {"cache_dir": str(tmp_path / "cache")}, "eval": {"noise_seeds": 2}})
+    assert not baseline_is_cached(exp) and sweep_shape(exp).baseline_evaluations == 2
+    key = cache_key(exp, dataset_fingerprint=fingerprint(tmp_path / "data"), code_version=git_commit())
+    grid = tmp_path / "data" / "images" / "a.png"
+    store(cache_folder(exp, key), Baseline(metrics={"recon_mse": 0.1}, images={"grid": grid}))
+    assert baseline_is_cached(exp) and sweep_shape(exp, baseline_cached=True).baseline_cached
+    (tmp_path / "data" / "images" / "b.png").write_bytes(b"another image")  # another dataset: another key
+    assert not baseline_is_cached(exp)
 
 
 # --- prices and the guide --------------------------------------------------------------------------
@@ -111,7 +149,8 @@ def test_shipped_price_table_has_the_guides_rates() -> None:
     prices = load_prices()
     rates = {o.provider: o.usd_per_hour for o in prices.gpus["a100-40gb"].offers}
     assert rates == {"Lambda Labs": 1.10, "RunPod": 1.44, "AWS p4d": 3.50, "Google Cloud": 3.67}
-    assert prices.device_speed("cpu (1 thread(s))").guess
+    speed = prices.device_speed("cpu (1 thread(s))")
+    assert speed is not None and speed.guess
 
 
 def test_hardware_cost_scales_by_speed_and_marks_guesses() -> None:
@@ -185,3 +224,31 @@ def test_plan_on_the_tiny_base(tiny_base: Path, use_catsith_cache: Path, tmp_pat
     assert pred.wall_s > pred.fixed_s
     for needle in ("s/step", "s/eval", "wall time", "Lambda Labs", "(guess)", "assumptions"):
         assert needle in text
+
+
+@pytest.mark.integration
+def test_plan_saves_the_prediction_its_sweep_reads(tiny_base: Path, use_catsith_cache: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan` alone keeps its prediction where `run` of the same config finds it (driver: `load_plan` of
+    the config fingerprint), so the sweep's parent run compares `predicted_wall_seconds` with it."""
+    from catsith_sweep.cli import main
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.config.fingerprint import config_fingerprint
+    from catsith_sweep.plan.saved import load_plan
+    from catsith_sweep.sweep.forecast import SweepForecast, compare
+
+    overrides = [f"model.base={tiny_base}", f"model.cache_dir={use_catsith_cache}", "data.synth_variants=1",
+                 "train.max_steps=40", "eval.every_n_steps=20", "eval.num_metric_samples=8",
+                 "eval.num_inference_steps=4", "eval.seeds=[0]", "train.batch_size=4", "search.num_samples=4",
+                 "train.device=cpu"]
+    assert main(["plan", "experiments/lora_rank.yaml", *overrides, "--runs-dir", str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    loaded = load_experiment(Path("experiments/lora_rank.yaml"), overrides)
+    fingerprint = config_fingerprint(loaded)
+    saved = load_plan(tmp_path / "runs" / loaded.experiment.name, fingerprint)
+    assert saved is not None and saved.source == "plan" and f"plan-{fingerprint}.json" in text
+    assert f"({saved.wall_seconds:.0f} s)" in text  # the wall time the prediction table printed
+    forecast = SweepForecast(started=0.0, planned=4, slots=2, units_per_trial=1.0, total_steps=40, every_n_steps=20,
+                             scheduler="asha", grace_period=1, reduction_factor=2, plan=saved)
+    figures = compare(forecast.predicted, {"wall_seconds": 100.0, "steps": 100.0, "trials": 4.0})
+    assert figures["predicted_wall_seconds"] == saved.wall_seconds

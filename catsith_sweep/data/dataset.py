@@ -6,13 +6,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import blake3
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from catsith_sweep.data import vocab
-from catsith_sweep.data.metadata import CAPTIONS_DIR, IMAGES_DIR, METADATA_NAME
+from catsith_sweep.data.fingerprint import fingerprint  # noqa: F401  # here too: its old home
 from catsith_sweep.data.validate import inspect_dataset
 from catsith_sweep.errors import DatasetError
 
@@ -180,18 +179,3 @@ def split_indices(dataset: SpriteDataset, val_fraction: float, seed: int = 0) ->
     val = sorted(i for g in chosen for i in g)
     val_set = set(val)
     return [i for i in range(len(dataset)) if i not in val_set], val
-
-
-def fingerprint(root: str | Path) -> str:
-    """blake3 over metadata.json, images/ and captions/ (relative path, size and bytes of each file,
-    in sorted order): any edit, rename, addition or removal changes it; other files do not."""
-    root = Path(root)
-    files = [root / METADATA_NAME] if (root / METADATA_NAME).is_file() else []
-    for sub in (IMAGES_DIR, CAPTIONS_DIR):
-        files += [p for p in (root / sub).rglob("*") if p.is_file()]
-    hasher = blake3.blake3()
-    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in files):
-        name = rel.encode("utf-8")
-        data = path.read_bytes()
-        hasher.update(len(name).to_bytes(8, "little") + name + len(data).to_bytes(8, "little") + data)
-    return hasher.hexdigest()

@@ -20,7 +20,7 @@ from catsith_sweep.plan.predict import Measured, Prediction, SweepShape, fmt_dur
 out = Console(highlight=False, soft_wrap=True)
 
 
-def sweep_shape(exp: Any) -> SweepShape:
+def sweep_shape(exp: Any, *, baseline_cached: bool = False) -> SweepShape:
     search, res = exp.search, exp.resources
     return SweepShape(
         num_trials=search.num_samples, every_n_steps=exp.eval.every_n_steps, scheduler=search.scheduler,
@@ -28,7 +28,16 @@ def sweep_shape(exp: Any) -> SweepShape:
         max_concurrent=search.max_concurrent_trials, cpu_per_trial=res.cpu, gpu_per_trial=res.gpu,
         threads_per_trial=exp.train.num_threads or max(1, int(res.cpu)),
         machine_cpus=float(os.cpu_count() or 1), machine_gpus=float(_gpu_count()),
+        baseline_evaluations=exp.eval.noise_seeds, baseline_cached=baseline_cached,
     )
+
+
+def baseline_is_cached(exp: Any) -> bool:
+    """Whether the sweep will find its baseline cached (after `prepare`: the key needs the dataset)."""
+    from catsith_sweep.data.source import dataset_root
+    from catsith_sweep.trainers.baseline_key import baseline_cached
+
+    return baseline_cached(exp, dataset_root(exp.data, exp.model.cache_dir))
 
 
 def _gpu_count() -> int:
@@ -47,6 +56,7 @@ def plan_experiment(loaded: Any, *, log: Any = print) -> tuple[Calibration, Pred
     exp = loaded.experiment
     shape = sweep_shape(exp)
     cal = calibrate(exp, source=loaded.path, estimate=lambda c: predict(measured(c), shape).wall_s, log=log)
+    shape = sweep_shape(exp, baseline_cached=baseline_is_cached(exp))  # the dataset is prepared now
     return cal, predict(measured(cal), shape)
 
 
@@ -158,8 +168,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     loaded = load_experiment(args.experiment, args.overrides)
     require_implemented(loaded.experiment, loaded.path)
-    print_plan_block(loaded, gpus=args.gpu, prices_path=Path(args.prices) if args.prices else None)
+    _, prediction = print_plan_block(loaded, gpus=args.gpu, prices_path=Path(args.prices) if args.prices else None)
+    out.print(f"prediction kept for this config: {keep_prediction(loaded, prediction, Path(args.runs_dir))}")
     return 0
+
+
+def keep_prediction(loaded: Any, prediction: Prediction, runs_root: Path) -> Path:
+    """Save `prediction` where the sweep of this same config (fingerprint) finds it: its parent run then
+    compares it with what happened (`predicted_wall_seconds` vs `actual_wall_seconds`)."""
+    from catsith_sweep.config.fingerprint import config_fingerprint
+    from catsith_sweep.plan.saved import save_plan
+
+    return save_plan((runs_root / loaded.experiment.name).resolve(), config_fingerprint(loaded), prediction)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,6 +189,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", nargs="+", default=None, metavar="KIND",
                    help="price only these GPU kinds of the price table (default: all)")
     p.add_argument("--prices", default=None, help="a price table YAML (default: catsith_sweep/plan/prices.yaml)")
+    p.add_argument("--runs-dir", default="runs", help="where `run` will keep the sweep's state: the prediction is "
+                   "saved there for it (default: runs/)")
     p.add_argument("--guide-formula", action="store_true",
                    help="print the guide's estimate_training_cost instead (no calibration)")
     p.add_argument("--guide-as-coded", action="store_true",

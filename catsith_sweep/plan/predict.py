@@ -17,8 +17,9 @@ STACK_IMPORT_S = 17.0
 """The whole stack's imports when the planner could not time them (already imported): field notes."""
 TRIAL_START_S = 0.2
 """A trial in a reused actor costs about 0.2 s to start: field notes."""
-TRACKING_SHARE = 0.016
-"""MLflow tracking's share of a trial's time: 0.7-1.6 % in bench/sweep_overhead.py (README); the high end."""
+TRACKING_SHARE = 0.006
+"""MLflow tracking's share of a trial's time: 0.15-0.6 % in bench/sweep_overhead.py since params and image
+bytes are queued too (8 x 40-step trials, load 5 on 2 cores); the high end."""
 SUMMARY_S = 3.0
 """The parent run's summary, leaderboard and plots at the end: a guess (not yet measured alone)."""
 
@@ -51,6 +52,10 @@ class SweepShape:
     threads_per_trial: int
     machine_cpus: float
     machine_gpus: float
+    baseline_evaluations: int = 1
+    """`eval.noise_seeds`: the sweep evaluates its untuned baseline once per eval seed (sweep/baseline.py)."""
+    baseline_cached: bool = False
+    """The baseline of this setup is in the cache already: the sweep pays no evaluation for it."""
 
 
 @dataclass
@@ -102,8 +107,11 @@ def predict(m: Measured, shape: SweepShape) -> Prediction:
                                  scheduler=shape.scheduler, grace_period=shape.grace_period,
                                  reduction_factor=shape.reduction_factor)
     imports = m.imports_s if m.imports_s >= 1.0 else STACK_IMPORT_S - RAY_MLFLOW_IMPORT_S
+    baseline_s = baseline_seconds(m, shape)
     fixed_before = {"driver imports": imports + RAY_MLFLOW_IMPORT_S,
-                    "baseline evaluation": m.setup_s + m.eval_s, "ray.init": RAY_INIT_S,
+                    "baseline evaluation": baseline_s / slots,
+                    # in a thread, beside the driver's MLflow import and parent run (sweep/ray_session.py)
+                    "ray.init": max(0.0, RAY_INIT_S - RAY_MLFLOW_IMPORT_S),
                     "first-actor imports": imports + RAY_MLFLOW_IMPORT_S}
     fixed_after = {"summary and plots": SUMMARY_S}
     busy = expectation.busy_seconds + slots * fixed_before["first-actor imports"]
@@ -116,14 +124,31 @@ def predict(m: Measured, shape: SweepShape) -> Prediction:
         f"concurrent trials slow each other by x{slow:.2f} ({slots} x {shape.threads_per_trial} thread(s) on "
         f"{shape.machine_cpus:g} CPUs)" if shape.gpu_per_trial == 0 else "trials on GPUs do not slow each other",
         _scheduler_assumption(shape, len(steps)),
+        _baseline_assumption(shape, baseline_s, slots),
         f"trial start {TRIAL_START_S} s (reused actors) and MLflow tracking {TRACKING_SHARE:.1%} of trial time "
         "(field notes; bench/sweep_overhead.py)",
-        f"ray.init {RAY_INIT_S:g} s and ray.tune+mlflow imports {RAY_MLFLOW_IMPORT_S:g} s per process: field notes; "
+        f"ray.init {RAY_INIT_S:g} s, beside the driver's own {RAY_MLFLOW_IMPORT_S:g} s of ray.tune+mlflow imports "
+        f"(which every trial process pays too): field notes; "
         f"summary and plots {SUMMARY_S:g} s: a guess",
     ]
     return Prediction(slots=slots, contention=slow, evaluations_per_trial=len(steps), expectation=expectation,
                       fixed_before_s=fixed_before, fixed_after_s=fixed_after, trial_full_s=trial_full,
                       wall_s=wall, busy_s=busy, assumptions=assumptions)
+
+
+def baseline_seconds(m: Measured, shape: SweepShape) -> float:
+    """The sweep's baseline: one trainer setup and an evaluation per eval seed (`eval.noise_seeds`), or
+    nothing when it is cached."""
+    return 0.0 if shape.baseline_cached else m.setup_s + shape.baseline_evaluations * m.eval_s
+
+
+def _baseline_assumption(shape: SweepShape, seconds: float, slots: int) -> str:
+    if shape.baseline_cached:
+        return "baseline (the untuned starting point): cached for this setup, so no evaluation is paid"
+    n = shape.baseline_evaluations
+    return (f"baseline (the untuned starting point): trainer setup + {n} evaluation{'s' * (n != 1)} "
+            f"(eval.noise_seeds {n}) = {seconds:.0f} s, run beside the first trials: it takes its share "
+            f"({seconds:.0f} s / {slots} slot(s)) of the wall time; cached afterwards for this setup")
 
 
 def _scheduler_assumption(shape: SweepShape, evaluations: int) -> str:

@@ -17,8 +17,6 @@ trials train, and the driver collects it once the trials are done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import shutil
 import tempfile
 import threading
@@ -30,15 +28,18 @@ from typing import Any
 
 from catsith_sweep.config import Experiment
 from catsith_sweep.io import atomic_write_json
-from catsith_sweep.layout import cache_root
 from catsith_sweep.metrics.noise import TIE_FLOORS, noise_floors, within_noise
 from catsith_sweep.tracking import TrialRow, rank
+from catsith_sweep.trainers.baseline_key import (  # noqa: F401  # the cache's key and folder live below the planner
+    BASELINE_FILE,
+    BASELINES_DIR,
+    CACHE_FORMAT,
+    base_fingerprint,
+    cache_folder,
+    cache_key,
+    cached_facts,
+)
 
-BASELINES_DIR = "baselines"
-"""Under the cache: one folder per baseline key (`baseline.json` and the sample grid)."""
-BASELINE_FILE = "baseline.json"
-CACHE_FORMAT = 1
-"""Bumped when what is cached changes meaning: older entries are then never read."""
 EVAL_SEED_STRIDE = 1009
 """Eval seed k evaluates with `train.seed + k * EVAL_SEED_STRIDE` (a prime: the metric samples of one
 seed, drawn at `train.seed + 0, 16, 32, ...`, never reuse another's)."""
@@ -77,58 +78,15 @@ def with_eval_seed(experiment: Experiment, index: int) -> Experiment:
     return experiment.model_copy(update={"train": train})
 
 
-def base_fingerprint(experiment: Experiment) -> str:
-    """What identifies the base a trainer starts from: a local folder by its files' names, sizes and
-    modification times (not their bytes: weights can be large); a hub id by id and revision; "" for a
-    trainer that builds its model from scratch."""
-    from catsith_sweep.models.base_source import base_location
-    from catsith_sweep.trainers import NEEDS_BASE
-
-    if experiment.trainer not in NEEDS_BASE:
-        return ""
-    location = base_location(experiment.model.base, experiment.model.cache_dir)
-    if isinstance(location, str):
-        return f"hub:{location}@{experiment.model.revision}"
-    root = Path(location)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    facts = [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
-
-
-def cache_key(experiment: Experiment, *, dataset_fingerprint: str, code_version: str) -> str:
-    """The key of a baseline evaluation: everything its numbers depend on. The base (`base_fingerprint`),
-    the dataset's content and `data` section (its held-out split), the `eval` section, the trainer and
-    its own section, the seed and device, and the code (`code_version`: package version and git commit;
-    uncommitted edits to metric code are not seen, so clear `<cache>/baselines` after making some).
-    The search space, trial budget and tracking are not part of it."""
-    from catsith_sweep import __version__
-
-    exp = experiment.model_dump(mode="json")
-    facts = {
-        "format": CACHE_FORMAT, "code": [__version__, code_version], "trainer": experiment.trainer,
-        "trainer_section": exp.get(experiment.trainer), "base": base_fingerprint(experiment),
-        "model": {k: v for k, v in exp["model"].items() if k != "cache_dir"},
-        "dataset": dataset_fingerprint, "data": exp["data"], "eval": exp["eval"],
-        "train": {k: exp["train"].get(k) for k in ("seed", "device", "mixed_precision")},
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def cache_folder(experiment: Experiment, key: str, cache_dir: Path | None = None) -> Path:
-    """`<cache>/baselines/<key>`; the cache is `cache_dir`, else the experiment's (`model.cache_dir`)."""
-    return (cache_dir or cache_root(experiment.model.cache_dir)) / BASELINES_DIR / key
-
-
 def load_cached(folder: Path) -> Baseline | None:
     """The baseline cached in `folder`, or None when there is none (or it is unreadable)."""
+    facts = cached_facts(folder)
+    if facts is None:
+        return None
     try:
-        facts = json.loads((folder / BASELINE_FILE).read_text())
-        images = {name: folder / file for name, file in facts["images"].items()}
-        if facts.get("format") != CACHE_FORMAT or not all(p.is_file() for p in images.values()):
-            return None
         return Baseline(metrics=facts["metrics"], noise_floors=facts["noise_floors"], per_seed=facts["per_seed"],
-                        images=images, key=folder.name, cached=True, seconds=float(facts["seconds"]))
-    except (OSError, ValueError, KeyError, TypeError):
+                        images=facts["images"], key=folder.name, cached=True, seconds=float(facts["seconds"]))
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -195,7 +153,7 @@ def baseline_for(experiment: Experiment, workdir: Path, *, dataset_fingerprint: 
 
 
 class BaselineJob:
-    """`baseline_for` in a daemon thread, started while Ray starts; `wait` collects it. An error is
+    """`baseline_for` in a thread, started while Ray starts; `wait` collects it. An error is
     reported, not raised: the baseline is a reference, and the trials (which load the same base and
     data) fail on their own when the setup is broken."""
 
@@ -203,7 +161,9 @@ class BaselineJob:
         self._compute, self._log = compute, log
         self.result: Baseline | None = None
         self.error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="catsith-baseline", daemon=True)
+        # Not a daemon: an interrupted driver's exit waits for it rather than ending the process while it is
+        # inside torch (Python 3.11 then aborts the process), and the resumed sweep finds it cached.
+        self._thread = threading.Thread(target=self._run, name="catsith-baseline", daemon=False)
 
     def start(self) -> BaselineJob:
         self._thread.start()
@@ -230,7 +190,7 @@ class BaselineJob:
 def start_job(experiment: Experiment, workdir: Path, *, dataset_dir: Path, code_version: str,
               log: Callable[[str], None] = print) -> BaselineJob:
     """Start the sweep's baseline (`baseline_for`) in a thread and say so; collect it with `wait`."""
-    from catsith_sweep.data.dataset import fingerprint
+    from catsith_sweep.data.fingerprint import fingerprint
 
     seeds = experiment.eval.noise_seeds
     log(f"baseline: the starting point (no training) at {seeds} eval seed{'s' * (seeds != 1)}, "

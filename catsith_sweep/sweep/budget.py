@@ -14,33 +14,73 @@ Three pieces share one `SweepBudget`, all in the driver:
 
 Compute is trial time times each trial's share (`resources.gpu`, or `resources.cpu` when trials use no
 GPU); dollars are compute hours times `search.budget.cost_per_hour`.
+
+A resumed sweep keeps its budget: `BudgetLedger` (`budget_ledger.json` in the sweep's folder, written
+atomically every few seconds and at the end of each driver session) holds the wall seconds and compute
+hours each session spent, and the limits count the earlier sessions' plus this one's. The budget and
+forecast Tune pickles with the tuner are pickled by name (sweep/live.py): a resumed sweep's Tune objects
+are this session's, with this session's clock, never the first session's start.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Stopper
 from ray.tune.search import Searcher
 
+from catsith_sweep.io import atomic_write_text
 from catsith_sweep.progress import fmt_seconds
 from catsith_sweep.sweep.forecast import SweepForecast
+from catsith_sweep.sweep.live import Live, register
 
 RESERVE_S = 8.0
 """The wall limit stops trials this much early: stopping them and the summary (leaderboard, plots)
 took 3-6 s on a 2-core CPU (tests/test_budget.py prints it)."""
+LEDGER_FILE = "budget_ledger.json"
+LEDGER_EVERY_S = 5.0
+"""How often the ledger is rewritten while trials run: a driver killed outright loses at most this much."""
 
 
-class SweepBudget:
-    """The sweep's limits, checked against the forecast's clock and compute."""
+class BudgetLedger:
+    """What each driver session of one sweep spent (wall seconds, compute hours), in `budget_ledger.json`."""
 
-    def __init__(self, section: Any, forecast: SweepForecast, *, reserve_s: float = RESERVE_S) -> None:
+    def __init__(self, path: Path, session: str) -> None:
+        self.path, self.session = path, session
+        sessions = self._read()
+        self.earlier_wall_s = sum(v["wall_seconds"] for k, v in sessions.items() if k != session)
+        self.earlier_compute_h = sum(v["compute_hours"] for k, v in sessions.items() if k != session)
+        self._written = 0.0
+
+    def _read(self) -> dict[str, dict[str, float]]:
+        if not self.path.is_file():
+            return {}
+        return dict(json.loads(self.path.read_text())["sessions"])
+
+    def record(self, wall_s: float, compute_h: float, *, now: float | None = None, force: bool = False) -> None:
+        """This session's spend so far (rewritten at most every `LEDGER_EVERY_S` unless `force`)."""
+        now = now or time.time()
+        if not force and now - self._written < LEDGER_EVERY_S:
+            return
+        sessions = {**self._read(), self.session: {"wall_seconds": wall_s, "compute_hours": compute_h}}
+        atomic_write_text(self.path, json.dumps({"sessions": sessions}, indent=2))
+        self._written = now
+
+
+class SweepBudget(Live):
+    """The sweep's limits, checked against the forecast's clock and compute plus what earlier driver
+    sessions of the sweep spent (`ledger`)."""
+
+    def __init__(self, section: Any, forecast: SweepForecast, *, reserve_s: float = RESERVE_S,
+                 ledger: BudgetLedger | None = None) -> None:
         self.wall_s = section.wall_minutes * 60 if section.wall_minutes else None
         hours = [h for h in (section.compute_hours,
                              section.cost_usd / section.cost_per_hour if section.cost_usd else None) if h]
         self.compute_h = min(hours) if hours else None
-        self.section, self.forecast, self.reserve_s = section, forecast, reserve_s
+        self.section, self.forecast, self.reserve_s, self.ledger = section, forecast, reserve_s, ledger
         self.reached: str | None = None
         """Why the budget ended the sweep, once it did."""
         self.refused: str | None = None
@@ -54,16 +94,33 @@ class SweepBudget:
             return f"cost_usd {s.cost_usd:g} (at ${s.cost_per_hour:g} per compute hour)"
         return f"compute_hours {s.compute_hours:g}"
 
+    def elapsed_s(self, now: float | None = None) -> float:
+        """Wall seconds of the whole sweep: earlier driver sessions' and this one's."""
+        return (self.ledger.earlier_wall_s if self.ledger else 0.0) + self.forecast.elapsed_s(now)
+
+    def compute_hours(self, now: float | None = None) -> float:
+        """Compute hours of the whole sweep: earlier driver sessions' and this one's."""
+        return (self.ledger.earlier_compute_h if self.ledger else 0.0) + self.forecast.compute_hours(now)
+
+    def record(self, now: float | None = None, *, force: bool = False) -> None:
+        """Write this session's spend into the ledger (throttled unless `force`)."""
+        if self.ledger is not None:
+            now = now or time.time()
+            self.ledger.record(self.forecast.elapsed_s(now), self.forecast.compute_hours(now), now=now, force=force)
+
     def check(self, now: float | None = None) -> str | None:
         """The reason the sweep must stop now, or None. Remembered once reached."""
         if self.reached:
             return self.reached
         now = now or time.time()
-        elapsed = self.forecast.elapsed_s(now)
+        self.record(now)
+        elapsed = self.elapsed_s(now)
+        earlier = f", {fmt_seconds(self.ledger.earlier_wall_s)} of it before this resume" if (
+            self.ledger and self.ledger.earlier_wall_s) else ""
         if self.wall_s is not None and elapsed >= self.wall_s - self.reserve_s:
             self.reached = (f"budget: search.budget.wall_minutes {self.section.wall_minutes:g} reached "
-                            f"({fmt_seconds(elapsed)} elapsed, {self.reserve_s:g} s kept for the summary)")
-        elif self.compute_h is not None and (used := self.forecast.compute_hours(now)) >= self.compute_h:
+                            f"({fmt_seconds(elapsed)} elapsed{earlier}, {self.reserve_s:g} s kept for the summary)")
+        elif self.compute_h is not None and (used := self.compute_hours(now)) >= self.compute_h:
             self.reached = f"budget: search.budget.{self._limit_names()} reached ({used:.4f} compute hours)"
         return self.reached
 
@@ -76,14 +133,14 @@ class SweepBudget:
         if trial_s is None:  # nothing known yet: the first trials always start
             return None
         if self.wall_s is not None:
-            end = self.forecast.elapsed_s(now) + trial_s + self.reserve_s
+            end = self.elapsed_s(now) + trial_s + self.reserve_s
             if end > self.wall_s:
                 self.refused = (f"budget: a trial takes about {fmt_seconds(trial_s)}; it would end at "
                                 f"{fmt_seconds(end)}, past search.budget.wall_minutes {self.section.wall_minutes:g}")
         if self.compute_h is not None and not self.refused:
             running = [now - s for t, s in self.forecast.begun.items() if t not in self.forecast.ended]
             owed = sum(max(0.0, trial_s - e) for e in running) + trial_s
-            need = self.forecast.compute_hours(now) + owed * self.forecast.units_per_trial / 3600
+            need = self.compute_hours(now) + owed * self.forecast.units_per_trial / 3600
             if need > self.compute_h:
                 self.refused = (f"budget: one more trial would bring compute to {need:.4f} h, past "
                                 f"search.budget.{self._limit_names()}")
@@ -163,10 +220,14 @@ class BudgetSearcher(Searcher):
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def get_state(self) -> dict[str, Any]:
-        return {}  # the budget starts again with a resumed sweep's own clock
+        return {}  # the budget is this session's (sweep/live.py); earlier sessions are in its ledger
 
     def set_state(self, state: dict[str, Any]) -> None:
         return None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # unpickled by Tuner.restore: its budget is this session's (sweep/live.py)
+        self.budget.searcher = self
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
@@ -188,8 +249,11 @@ class BudgetStopper(Stopper):
         return self.budget.check() is not None
 
 
-def sweep_meters(loaded: Any, *, started: float, plan: Any = None) -> tuple[SweepForecast, SweepBudget | None]:
-    """The forecast of this sweep (after `ray.init`: it counts the cluster's slots) and its budget."""
+def sweep_meters(loaded: Any, *, started: float, plan: Any = None,
+                 sweep_dir: Path | None = None) -> tuple[SweepForecast, SweepBudget | None]:
+    """The forecast of this driver session of the sweep (after `ray.init`: it counts the cluster's slots)
+    and its budget, with the earlier sessions' spend from `sweep_dir`'s ledger. With `sweep_dir` both are
+    registered under its name (sweep/live.py) before Tune pickles or unpickles them."""
     import ray
 
     from catsith_sweep.plan.schedule import concurrent_slots
@@ -206,23 +270,38 @@ def sweep_meters(loaded: Any, *, started: float, plan: Any = None) -> tuple[Swee
                              total_steps=planned_budget(exp)[0], every_n_steps=exp.eval.every_n_steps,
                              scheduler=search.scheduler, grace_period=search.grace_period,
                              reduction_factor=search.reduction_factor, plan=plan)
-    return forecast, (SweepBudget(search.budget, forecast) if search.budget and search.budget.limits() else None)
+    budget = None
+    if search.budget and search.budget.limits():
+        ledger = BudgetLedger(sweep_dir / LEDGER_FILE, f"{started:.3f}") if sweep_dir is not None else None
+        budget = SweepBudget(search.budget, forecast, ledger=ledger)
+    if sweep_dir is not None:
+        for name, meter in (("forecast", forecast), ("budget", budget)):
+            if meter is not None:
+                meter.live_key = f"sweep {sweep_dir.name}: {name}"
+                register(meter.live_key, meter)
+    return forecast, budget
 
 
 def figures(forecast: SweepForecast, budget: SweepBudget | None, states: dict[str, int] | None) -> dict[str, Any]:
-    """What the parent run and `sweep.json` record at the end: predicted vs actual, the budget's use."""
+    """What the parent run and `sweep.json` record at the end: predicted vs actual, the budget's use (of
+    the whole sweep: a resumed one's earlier driver sessions count)."""
     from catsith_sweep.sweep.forecast import compare
 
     metrics = compare(forecast.predicted, forecast.actual())
     metrics["compute_hours"] = forecast.compute_hours()
     tags = {"catsith.prediction_source": forecast.predicted.source if forecast.predicted else "none"}
     if budget is not None:
+        budget.record(force=True)
+        if budget.ledger is not None and budget.ledger.earlier_wall_s:
+            metrics["earlier_sessions_wall_seconds"] = budget.ledger.earlier_wall_s
         if budget.wall_s:
+            used = budget.elapsed_s()
             metrics["budget_wall_seconds"] = budget.wall_s
-            metrics["budget_wall_overshoot"] = (metrics["actual_wall_seconds"] - budget.wall_s) / budget.wall_s
+            metrics["budget_wall_overshoot"] = (used - budget.wall_s) / budget.wall_s
         if budget.compute_h:
+            used = budget.compute_hours()
             metrics["budget_compute_hours"] = budget.compute_h
-            metrics["budget_compute_overshoot"] = (metrics["compute_hours"] - budget.compute_h) / budget.compute_h
+            metrics["budget_compute_overshoot"] = (used - budget.compute_h) / budget.compute_h
         if budget.ended_by:
             tags["catsith.budget_ended_by"] = budget.ended_by
     # Each trial's end: the elapsed seconds then and the ETA shown, to check the ETA against the end.

@@ -74,18 +74,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         prediction = print_dry_run_prediction(loaded)  # calibrates with a few real steps in a temporary folder
         if prediction is not None:  # the sweep of this same config compares itself with it
-            from catsith_sweep.sweep.driver import config_fingerprint
-            from catsith_sweep.sweep.forecast import save_plan
+            from catsith_sweep.plan.command import keep_prediction
 
-            runs_dir = (Path(args.runs_dir) / loaded.experiment.name).resolve()
-            out.print(f"prediction kept for this config: {save_plan(runs_dir, config_fingerprint(loaded), prediction)}")
+            out.print(f"prediction kept for this config: {keep_prediction(loaded, prediction, Path(args.runs_dir))}")
     if args.dry_run:
         out.print("dry run: nothing started")
         return 0
     from catsith_sweep.sweep.driver import run_sweep
 
     outcome = run_sweep(loaded, address=args.address, tracking_uri=uri, resume=args.resume,
-                        runs_root=Path(args.runs_dir), log=lambda m: out.print(escape(str(m))))
+                        runs_root=Path(args.runs_dir), log=lambda m: out.print(escape(str(m))),
+                        finish_in_background=True)
+    try:  # the summary is printed while the plots are drawn and Ray shuts down
+        return _print_outcome(args, loaded, uri, outcome)
+    finally:
+        outcome.wait_finished()
+
+
+def _print_outcome(args: argparse.Namespace, loaded: Any, uri: str, outcome: Any) -> int:
     if outcome.interrupted:
         out.print(f"[yellow]sweep {outcome.sweep_dir.name} interrupted[/yellow]: finished trials are kept; "
                   f"continue it with: python -m catsith_sweep run {args.experiment} --resume")

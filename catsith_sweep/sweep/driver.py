@@ -8,24 +8,31 @@ was interrupted continues that sweep (same config) with `Tuner.restore`; `--resu
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import gc
 import json
 import os
 import signal
-import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catsith_sweep.config import LoadedExperiment, dump_resolved
+from catsith_sweep.config import LoadedExperiment
+from catsith_sweep.config.fingerprint import config_fingerprint
 from catsith_sweep.errors import UserInputError
 from catsith_sweep.io import atomic_write_text
+from catsith_sweep.sweep.ray_session import (  # noqa: F401  # init_ray: the cluster tests join with it
+    RaySession,
+    check_tracking_reaches_workers,
+    init_ray,
+    trial_env,
+)
 from catsith_sweep.tracking import Outcome, SweepRun, SweepStatus, TrialRow, rank
+from catsith_sweep.trainers.baseline_key import git_commit
 
 STATE_FILE = "sweep.json"
-RAY_TMP = "/tmp/catsith_ray"  # short: Ray's socket paths must stay under 107 characters
 
 
 @dataclass
@@ -42,21 +49,40 @@ class SweepOutcome:
     mode: str = "min"
     noise_floors: dict[str, float] = field(default_factory=dict)
     """`noise_floor_<metric>` of the baseline (see `sweep.baseline`); empty without one."""
+    finishing: Finishing | None = None
+    """What still runs after `run_sweep` returned with `finish_in_background` (plots, Ray's shutdown)."""
+
+    def wait_finished(self) -> None:
+        if self.finishing is not None:
+            self.finishing.wait()
 
 
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+class Finishing:
+    """The end of a sweep that need not hold up its terminal summary: the parent run's plots, drawn and
+    logged in a thread (`plots`), and Ray's shutdown (already started in its own thread by the driver).
+    `wait` joins both; a plot that fails is reported, since the sweep's results are complete without it."""
 
+    def __init__(self, ray_session: RaySession, plots: Any = None, log: Any = print) -> None:
+        self.ray_session, self.log = ray_session, log
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+        if plots is not None:
+            self._thread = threading.Thread(target=self._draw, args=(plots,), name="catsith-plots", daemon=True)
+            self._thread.start()
 
-def config_fingerprint(loaded: LoadedExperiment) -> str:
-    space = {k: v.model_dump() for k, v in sorted(loaded.space.items())}
-    text = dump_resolved(loaded.experiment) + json.dumps(space, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def _draw(self, plots: Any) -> None:
+        try:
+            plots()
+        except Exception as exc:  # noqa: BLE001 - reported by wait()
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self.error is not None:
+                self.log(f"the sweep's plots failed ({self.error}); its leaderboard and runs are complete")
+        self.ray_session.join()
 
 
 def find_resumable(runs_dir: Path, fingerprint: str) -> Path | None:
@@ -80,79 +106,6 @@ def write_state(sweep_dir: Path, **state: Any) -> None:
     atomic_write_text(path, json.dumps({**current, **state}, indent=2))
 
 
-def _keep_local_ray_on_loopback() -> None:
-    """Make the Ray node this process starts or joins use 127.0.0.1, so it listens there only.
-
-    Ray 2.x binds its GCS, raylet, object manager and worker gRPC servers to the node's IP, and
-    `ray.init(_node_ip_address="127.0.0.1")` replaces a loopback address with the machine's routable one.
-    The one switch that makes Ray take the loopback address as the node IP is the one it uses on
-    Windows/macOS, where multi-node clusters are off: set for this process (read by `ray.init`) and its
-    children (the raylet passes it on to workers and the runtime-env agent)."""
-    from ray._private import ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False  # ray is already imported: its constant is read at import
-
-
-def init_ray(address: str | None, env: dict[str, str]) -> None:
-    """Start a local Ray instance on 127.0.0.1 (no `address`) or join the cluster at `address`.
-
-    A local instance is reachable from this machine only, so it runs without Ray's token
-    authentication unless RAY_AUTH_MODE says otherwise; a cluster keeps Ray's default (token auth on,
-    with the token from RAY_AUTH_TOKEN or ~/.ray/auth_token) unless the user sets RAY_AUTH_MODE=disabled.
-    """
-    import ray
-
-    # Trials send evaluation results only; failed trials report no metric (see trainable.py).
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
-                              "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
-    if address:
-        if is_loopback_address(address):  # a cluster on this machine only: Ray would rewrite 127.0.0.1
-            _keep_local_ray_on_loopback()
-        ray.init(address=address, **kwargs)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        _keep_local_ray_on_loopback()
-        ray.init(_temp_dir=RAY_TMP, **kwargs)
-
-
-def is_loopback_address(address: str) -> bool:
-    """`127.0.0.1:6379`, `localhost:6379`, `[::1]:6379` (optionally `ray://...`)."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def check_tracking_reaches_workers(uri: str, address: str | None, experiment_id: str | None = None) -> None:
-    """Trials on other nodes must reach the tracking store and its artifact store: a sqlite file on the
-    driver, or a server that hands out a local artifact folder, would leave their data on their own disks."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1:
-        return
-    if not uri.startswith(("http://", "https://", "databricks")):
-        raise UserInputError(
-            f"tracking.uri is {uri!r}, a local store, but the Ray cluster at {address} has {len(nodes)} "
-            "nodes: trials on other nodes cannot write to it. Start an MLflow server reachable from every "
-            "node (`mlflow server --host 0.0.0.0 ...`) and pass --tracking-uri http://HOST:PORT")
-    if experiment_id is None or not uri.startswith(("http://", "https://")):
-        return
-    from catsith_sweep import tracking
-
-    location = tracking.artifact_location(uri, experiment_id)
-    if location.startswith(("file:", "/")):
-        raise UserInputError(
-            f"the MLflow server at {uri} stores this experiment's artifacts at {location!r}, a folder each "
-            f"trial would write on its own node ({len(nodes)} nodes here), so they would never reach the "
-            "server. Start the server with `--artifacts-destination DIR_OR_BUCKET` (artifacts proxied over "
-            "HTTP, `mlflow-artifacts:/`) or an object store (`--default-artifact-root s3://...`).")
-
-
 def explain_resume(uri: str, parent_run_id: str, state: dict[str, Any], log: Any) -> None:
     """Say on the parent run (tag catsith.resumed) and in the output why the sweep is continued."""
     from catsith_sweep.tracking import sweep_runs
@@ -166,17 +119,6 @@ def explain_resume(uri: str, parent_run_id: str, state: dict[str, Any], log: Any
     sweep_runs.note_resume(uri, parent_run_id, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}")
 
 
-def trial_env() -> dict[str, str]:
-    keys = ("CATSITH_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_DISABLE_TELEMETRY",
-            "HF_HOME", "NO_ALBUMENTATIONS_UPDATE")
-    env = {k: os.environ[k] for k in keys if k in os.environ}
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # Trial output is interleaved in one terminal: keep library progress bars and chatter out of it.
-    env.update({"HF_HUB_DISABLE_PROGRESS_BARS": "1", "DIFFUSERS_VERBOSITY": "error",
-                "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"})
-    return env
-
-
 def quiet_driver() -> None:
     """Keep Optuna's study notices out of the driver's terminal, which shows the plan, the table and
     the summary (the CLI already quiets transformers, diffusers and progress bars)."""
@@ -186,6 +128,10 @@ def quiet_driver() -> None:
     # Every evaluation is a checkpoint, so Tune snapshots its state often; on a local storage path that
     # costs milliseconds, yet Tune warns about it every few seconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's CSV and TensorBoard result files are read by nothing here (tuner.py keeps its result.json):
+    # MLflow holds every result. Its TensorBoard writer alone imports torch into the driver (3-6 s, and
+    # as long again for torch's teardown at exit on a busy 2-core machine).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def budget_evaluations(loaded: LoadedExperiment) -> int:
@@ -202,15 +148,17 @@ def budget_evaluations(loaded: LoadedExperiment) -> int:
 
 
 def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False, runs_root: Path = Path("runs"), log: Any = print) -> SweepOutcome:
+              resume: bool = False, runs_root: Path = Path("runs"), log: Any = print,
+              finish_in_background: bool = False) -> SweepOutcome:
     """Run (or continue) the sweep of `loaded`; returns where it lives and how it went.
 
     Once the parent run is open, the sweep ends it whatever happens: finished; interrupted (Ctrl-C,
     SIGTERM: resumable, runs ended as KILLED); or failed (the driver's error, runs ended as FAILED/KILLED),
     each with `catsith.ended_by` saying why. Only SIGKILL can leave runs RUNNING.
+    `finish_in_background`: return before the plots are logged and Ray is shut down, so the caller can
+    print the summary meanwhile; it then calls `SweepOutcome.wait_finished()`.
     """
     from catsith_sweep import tracking
-    from catsith_sweep.trainers import prepare
 
     started = time.time()  # the budget's wall clock and `actual_wall_seconds` count from here
     exp = loaded.experiment
@@ -220,6 +168,36 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
     sweep_dir = find_resumable(runs_dir, fingerprint)
     if resume and sweep_dir is None:
         raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
+    ray_session = RaySession.start(address, trial_env())  # beside the start-up below (sweep/ray_session.py)
+    try:
+        sweep_dir, sweep, dataset_dir, job = _start_up(loaded, uri, runs_dir, sweep_dir, fingerprint, log)
+    except BaseException:
+        ray_session.stop()
+        raise
+    try:
+        with ending_runs_on_failure(uri, sweep, sweep_dir):
+            outcome = _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, ray_session, started=started,
+                                 baseline_job=job, log=log)
+    except BaseException:
+        ray_session.stop()  # done here, never at the same time as the shutdown Ray registered for exit
+        raise
+    # Ray's shutdown overlaps the summary and the plots, once the tuner and its results (which hold
+    # references into Ray's object store) are gone: freeing one after the shutdown ends the process.
+    gc.collect()
+    ray_session.stop(background=True)
+    if not finish_in_background:
+        outcome.wait_finished()
+    return outcome
+
+
+def _start_up(loaded: LoadedExperiment, uri: str, runs_dir: Path, sweep_dir: Path | None, fingerprint: str,
+              log: Any) -> tuple[Path, SweepRun, Path, Any]:
+    """The driver's side of starting a sweep, while Ray starts: the dataset, the MLflow experiment and
+    parent run, the sweep folder, the baseline job. (sweep folder, sweep run, dataset folder, job)."""
+    from catsith_sweep import tracking
+    from catsith_sweep.trainers import prepare
+
+    exp = loaded.experiment
     quiet_driver()
     dataset_dir = prepare(exp, log=log)
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
@@ -230,8 +208,7 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         from catsith_sweep.sweep.baseline import start_job
 
         job = start_job(exp, sweep_dir / "baseline", dataset_dir=dataset_dir, code_version=git_commit(), log=log)
-    with ending_runs_on_failure(uri, sweep, sweep_dir):
-        return _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, address, started=started, baseline_job=job)
+    return sweep_dir, sweep, dataset_dir, job
 
 
 def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
@@ -299,45 +276,30 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, timeout: float | None = None) -> None:
+def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, timeout: float | None = None,
+                      log: Any = print) -> None:
     """Wait for the baseline job (if this run started one), log it on the parent run, keep it in the state."""
     from catsith_sweep.sweep.baseline import log_to_parent
 
     baseline = job.wait(timeout) if job is not None else None
+    if job is not None and baseline is None and job.error is None:
+        log("the baseline evaluation is still running: the driver ends once it is done (it is then cached)")
     if baseline is not None:
         log_to_parent(uri, sweep.run_id, baseline)
         write_state(sweep_dir, baseline=baseline.metrics, noise_floors=baseline.noise_floors)
 
 
 def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
-               address: str | None, *, started: float, baseline_job: Any = None) -> SweepOutcome:
-    from catsith_sweep.data.dataset import fingerprint as dataset_fingerprint
-    from catsith_sweep.sweep.space import optuna_space
-    from catsith_sweep.sweep.summary import finish_parent_run, public_experiment
-    from catsith_sweep.sweep.trainable import SweepContext
-    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
+               ray_session: RaySession, *, started: float, baseline_job: Any = None, log: Any = print) -> SweepOutcome:
+    from catsith_sweep.sweep.budget import figures as budget_figures
+    from catsith_sweep.sweep.summary import finish_parent_run, log_plots
     from catsith_sweep.tracking import sweep_runs
 
     exp = loaded.experiment
-    init_ray(address, trial_env())
-    check_tracking_reaches_workers(uri, address, sweep.experiment_id)
-    context = SweepContext(
-        experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
-        tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
-        git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
-    )
-    tune_dir = sweep_dir / "tune"
-    from catsith_sweep.sweep import budget as budgets
-    from catsith_sweep.sweep.forecast import load_plan
-
-    forecast, budget = budgets.sweep_meters(loaded, started=started,
-                                            plan=load_plan(sweep_dir.parent, config_fingerprint(loaded)))
-    if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
-        tuner, _ = restore_tuner(loaded, context, tune_dir)  # its callbacks and budget are the pickled ones
-        budget = None
-    else:
-        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded), forecast=forecast,
-                               budget=budget)
+    ray_session.wait()
+    check_tracking_reaches_workers(uri, ray_session.address, sweep.experiment_id)
+    tuner, forecast, budget = _tuner(loaded, uri, sweep, sweep_dir, dataset_dir, started)
+    threading.Thread(target=_import_plotting, name="catsith-plot-imports").start()
     results = tuner.fit()
     states = None
     if budget is not None and budget.ended_by:  # trials it stopped: KILLED in MLflow, PRUNED in Optuna
@@ -345,22 +307,71 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     elif results.num_terminated + results.num_errors < len(results) or len(results) < exp.search.num_samples:
         # Ctrl-C (or a lost driver) stops Ray, which saves its state: leave the sweep resumable.
         why = "interrupted (Ctrl-C): resumable with run --resume"
-        _collect_baseline(baseline_job, uri, sweep, sweep_dir, timeout=0)
+        if budget is not None:
+            budget.record(force=True)  # what this session spent counts against the budget when resumed
+        _collect_baseline(baseline_job, uri, sweep, sweep_dir, timeout=0, log=log)
         sweep_runs.end_sweep_run(uri, sweep, SweepStatus.INTERRUPTED, why)
         write_state(sweep_dir, status=SweepStatus.INTERRUPTED.value, ended_by=why)
-        return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True)
+        return SweepOutcome(sweep_dir, sweep.run_id, None, {}, interrupted=True, finishing=Finishing(ray_session))
     sweep_runs.close_orphaned_trials(uri, sweep.experiment_id, sweep.run_id,
                                     {r.metrics.get("trial_id") for r in results})
     _collect_baseline(baseline_job, uri, sweep, sweep_dir)
     state = json.loads((sweep_dir / STATE_FILE).read_text())
     floors = state.get("noise_floors", {})
-    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir,
+    rows, counts = finish_parent_run(uri, sweep, loaded, results, sweep_dir, plots=False,
                                      noise_floor=floors.get(f"noise_floor_{sweep.metric}"))
-    record = budgets.figures(forecast, budget, states)
+    finishing = Finishing(ray_session, lambda: log_plots(uri, sweep, loaded, rows, sweep_dir), log)
+    record = budget_figures(forecast, budget, states)
     sweep_runs.log_sweep_figures(uri, sweep.run_id, record["metrics"], record["tags"])
     write_state(sweep_dir, figures=record)
     best = next(iter(rank(rows, sweep.metric, sweep.mode)), None)
     write_state(sweep_dir, status=SweepStatus.FINISHED.value, best=best.summary(sweep.metric) if best else None,
                 counts={k.value: v for k, v in counts.items()})
     return SweepOutcome(sweep_dir, sweep.run_id, best, counts, baseline=state.get("baseline", {}), rows=rows,
-                        metric=sweep.metric, mode=sweep.mode, noise_floors=floors)
+                        metric=sweep.metric, mode=sweep.mode, noise_floors=floors, finishing=finishing)
+
+
+def _import_plotting() -> None:
+    """Import what the end-of-sweep plots need (matplotlib, Optuna's plots and the scikit-learn forest of
+    its parameter importances, torch for the comparison grid) while the trials run, when the driver
+    waits: after the last trial the plots then only draw (their imports took 3-7 s of a 2-core machine's
+    tail). Not a daemon thread: an exit during an import waits for it rather than aborting inside torch."""
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        import sklearn.ensemble  # noqa: F401
+
+        import catsith_sweep.metrics.images  # noqa: F401
+
+
+def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
+           started: float) -> tuple[Any, Any, Any]:
+    """(tuner, forecast, budget): a new tuner, or the interrupted sweep's restored from `tune/`."""
+    from catsith_sweep.data.fingerprint import fingerprint as dataset_fingerprint
+    from catsith_sweep.plan.saved import load_plan
+    from catsith_sweep.sweep import budget as budgets
+    from catsith_sweep.sweep.space import optuna_space
+    from catsith_sweep.sweep.summary import public_experiment
+    from catsith_sweep.sweep.trainable import SweepContext
+    from catsith_sweep.sweep.tuner import build_tuner, restore_tuner
+
+    exp = loaded.experiment
+    context = SweepContext(
+        experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
+        tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
+        git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
+    )
+    tune_dir = sweep_dir / "tune"
+    forecast, budget = budgets.sweep_meters(loaded, started=started, sweep_dir=sweep_dir,
+                                            plan=load_plan(sweep_dir.parent, config_fingerprint(loaded)))
+    if tune_dir.is_dir() and (tune_dir / "tuner.pkl").is_file():
+        # Its pickled callbacks, stopper and searcher unpickle as this session's forecast and budget (sweep/live.py)
+        tuner, _ = restore_tuner(loaded, context, tune_dir)
+    else:
+        tuner, _ = build_tuner(loaded, context, sweep_dir, budget_evaluations(loaded), forecast=forecast,
+                               budget=budget)
+    return tuner, forecast, budget

@@ -1,7 +1,7 @@
 """How far a sweep is and how long it has left: trials done / planned, the ETA, compute spent, and the
 prediction the parent run compares with what happened (`predicted_*` vs `actual_*`).
 
-The prediction comes, cheapest first, from: a plan saved by `run --dry-run` (or made by `run --plan`)
+The prediction comes, cheapest first, from: a plan saved by `plan`, `run --dry-run` or `run --plan`
 for this same config fingerprint in `runs/<name>/plan-<fingerprint>.json`; else from the first trial
 that finishes its whole budget (its seconds, spread over its evaluations, in the planner's scheduler
 simulation). The live ETA uses the seconds per step of the trials that already ended (the first trial
@@ -13,60 +13,23 @@ as the norm and showed 1.8 min left with 10 to go in a 20-minute sweep.)
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from catsith_sweep.io import atomic_write_text
+from catsith_sweep.plan.saved import Predicted, load_plan, plan_path, save_plan  # noqa: F401  # their old home
+from catsith_sweep.sweep.live import Live
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 
 SUMMARY_S = 5.0
 """The end of a sweep after its last trial (stopping trials, leaderboard, plots), in the ETA."""
 
 
-@dataclass
-class Predicted:
-    """A sweep's prediction, as the parent run records it."""
-
-    wall_seconds: float
-    steps: float
-    trials: float
-    trial_seconds: float
-    """One trial of the whole budget."""
-    source: str
-    """`plan` (calibrated) or `first trial`."""
-
-
-def plan_path(runs_dir: Path, fingerprint: str) -> Path:
-    return runs_dir / f"plan-{fingerprint}.json"
-
-
-def save_plan(runs_dir: Path, fingerprint: str, prediction: Any) -> Path:
-    """Keep the planner's prediction (`plan.predict.Prediction`) for the sweep of this same config."""
-    e = prediction.expectation
-    predicted = Predicted(wall_seconds=prediction.wall_s, steps=e.steps, trials=e.trials,
-                          trial_seconds=prediction.trial_full_s, source="plan")
-    path = plan_path(runs_dir, fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**asdict(predicted), "saved": time.time()}, indent=2))
-    return path
-
-
-def load_plan(runs_dir: Path, fingerprint: str) -> Predicted | None:
-    path = plan_path(runs_dir, fingerprint)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return Predicted(**{k: data[k] for k in Predicted.__dataclass_fields__})
-
-
-class SweepForecast(Callback):
+class SweepForecast(Live, Callback):
     """A Tune callback in the driver: when each trial started and ended, the steps it reached; from
-    them the ETA, the compute spent, and the first-trial prediction when no plan was saved."""
+    them the ETA, the compute spent, and the first-trial prediction when no plan was saved. Counts this
+    driver session only (`started`): pickled by name (sweep/live.py), so a resumed sweep counts anew."""
 
     def __init__(self, *, started: float, planned: int, slots: int, units_per_trial: float, total_steps: int,
                  every_n_steps: int, scheduler: str, grace_period: int, reduction_factor: int,

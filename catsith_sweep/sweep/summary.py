@@ -92,11 +92,12 @@ def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_
 
 
 def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, results: Any, sweep_dir: Path, *,
-                      noise_floor: float | None = None) -> tuple[list[TrialRow], dict[Outcome, int]]:
+                      noise_floor: float | None = None,
+                      plots: bool = True) -> tuple[list[TrialRow], dict[Outcome, int]]:
     """Log the sweep's leaderboard (ties within `noise_floor` of the best marked), best trial, counts and
-    plots; end the parent run as finished. Returns every trial's row and the count per outcome."""
+    (with `plots`; else `log_plots` adds them later) plots; end the parent run as finished. Returns every
+    trial's row and the count per outcome."""
     from catsith_sweep.sweep.baseline import tie_marks
-    from catsith_sweep.sweep.plots import comparison_grid, optuna_plots, tradeoff_plots
 
     rows = queries.trial_rows(uri, sweep)
     rows += ray_only_failures(results, {r.trial for r in rows})
@@ -104,9 +105,7 @@ def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, resul
     counts = count_outcomes(rows)
     atomic_write_text(sweep_dir / LEADERBOARD_MD,
                       leaderboard_markdown(rows, sweep.metric, sweep.mode, noise_floor=noise_floor))
-    plot_dir = sweep_dir / "plots"
-    pictures = (optuna_plots(loaded, rows, plot_dir, uri) + tradeoff_plots(loaded, rows, plot_dir)
-                + comparison_grid(uri, ranked[:TOP_K], plot_dir))
+    pictures = draw_plots(uri, sweep, loaded, rows, sweep_dir) if plots else []
     multi = len(sweep.metrics) > 1  # a front, not a single best (sweep/multi.py)
     sweep_runs.log_summary(uri, sweep.run_id, rows=rows, metric=sweep.metric, leaderboard=sweep_dir / LEADERBOARD_MD,
                            best=ranked[0] if ranked and not multi else None, counts=counts, plots=pictures,
@@ -118,3 +117,20 @@ def finish_parent_run(uri: str, sweep: SweepRun, loaded: LoadedExperiment, resul
     sweep_runs.end_sweep_run(uri, sweep, SweepStatus.FINISHED)
     return rows, counts
 
+
+def draw_plots(uri: str, sweep: SweepRun, loaded: LoadedExperiment, rows: list[TrialRow],
+               sweep_dir: Path) -> list[Path]:
+    """Optuna's plots, the `search.plots` trade-offs and the top trials' comparison grid, in `sweep_dir/plots`."""
+    from catsith_sweep.sweep.plots import comparison_grid, optuna_plots, tradeoff_plots
+
+    plot_dir = sweep_dir / "plots"
+    ranked = rank(rows, sweep.metric, sweep.mode)
+    return (optuna_plots(loaded, rows, plot_dir, uri) + tradeoff_plots(loaded, rows, plot_dir)
+            + comparison_grid(uri, ranked[:TOP_K], plot_dir))
+
+
+def log_plots(uri: str, sweep: SweepRun, loaded: LoadedExperiment, rows: list[TrialRow], sweep_dir: Path) -> list[Path]:
+    """`draw_plots`, logged on the parent run (which may have ended: they come after the summary)."""
+    pictures = draw_plots(uri, sweep, loaded, rows, sweep_dir)
+    sweep_runs.log_plots(uri, sweep.run_id, pictures)
+    return pictures

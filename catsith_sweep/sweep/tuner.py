@@ -56,6 +56,7 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
                 max_evaluations: int, *, forecast: Any = None, budget: Any = None) -> tuple[Any, TrialOutcomes]:
     """`forecast` (sweep/forecast.py) feeds the table's ETA; `budget` (sweep/budget.py) limits the sweep."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     search = loaded.experiment.search
     metrics, modes = search.metrics(), search.modes()
@@ -77,7 +78,8 @@ def build_tuner(loaded: LoadedExperiment, context: SweepContext, sweep_dir: Path
     )
     run_config = tune.RunConfig(
         name="tune", storage_path=str(sweep_dir), verbose=0,
-        callbacks=[*([forecast] if forecast is not None else []), outcomes, table],
+        # Tune's result.json (read back into its ResultGrid); its CSV and TensorBoard loggers are off (driver.py).
+        callbacks=[*([forecast] if forecast is not None else []), outcomes, table, JsonLoggerCallback()],
         failure_config=tune.FailureConfig(max_failures=search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         stop=BudgetStopper(budget) if budget is not None else None,

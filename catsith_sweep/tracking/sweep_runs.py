@@ -104,6 +104,12 @@ def log_summary(uri: str, run_id: str, *, rows: list[TrialRow], metric: str, lea
         c.log_metric(run_id, f"best_{metric}", value)
     for outcome in (Outcome.FINISHED, Outcome.STOPPED_EARLY, Outcome.FAILED):
         c.log_metric(run_id, f"trials_{outcome.value.replace(' ', '_')}", counts.get(outcome, 0))
+    log_plots(uri, run_id, plots)
+
+
+def log_plots(uri: str, run_id: str, plots: list[Path]) -> None:
+    """Pictures under the run's `plots/` artifact folder."""
+    c = client(uri)
     for path in plots:
         c.log_artifact(run_id, str(path), PLOTS_DIR)
 

@@ -1,18 +1,26 @@
 """Logging from inside a trial, through an outbox that survives a tracking-server outage.
 
-Every metric batch, image, artifact and tag goes into an in-order queue that one background thread sends
-to MLflow; training never waits on the tracking server. A send that fails for a reason that can pass
-(server down or restarting, network, 5xx) is retried with backoff, the same item first, so nothing is
-lost or reordered; files are copied into a spool folder when queued, since the trial may overwrite or
-delete its own copy before the server is back. `flush()` waits for the queue to drain (up to
+Every metric batch, param batch, image, artifact and tag goes into an in-order queue that one background
+thread sends to MLflow; training never waits on the tracking server (the training thread only reads an
+image's bytes or copies a file). A send that fails for a reason that can pass (server down or
+restarting, network, 5xx) is retried with backoff, the same item first, so nothing is lost or
+reordered; files are copied into a spool folder when queued, since the trial may overwrite or delete
+its own copy before the server is back. `flush()` waits for the queue to drain (up to
 `flush_timeout_s`), and the trial's last report waits on it, so a finished trial has all of its data
 on the server.
+
+The spool folder (`/tmp/catsith_outbox_*`) exists only while it holds files not yet sent: it is made
+on the first file queued and removed once a flush finds it empty, and at the process's exit `close`
+removes it, or keeps it and says where, with what could not be sent.
 """
 
 from __future__ import annotations
 
+import atexit
+import io
 import json
 import logging
+import os
 import queue
 import shutil
 import tempfile
@@ -20,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,31 +90,73 @@ class Outbox:
     def __init__(self, *, retry_timeout_s: float) -> None:
         self.retry_timeout_s = retry_timeout_s
         self.queue: queue.Queue[_Item] = queue.Queue()
-        self.spool = Path(tempfile.mkdtemp(prefix="catsith_outbox_"))
+        self._spool: Path | None = None
+        self._spool_lock = threading.Lock()
+        self._closed = False
         self.sent = 0
         self.dropped = 0
         self.retried = 0  # items that needed more than one try: logged during an outage
         self._thread = threading.Thread(target=self._run, name="catsith-tracking-outbox", daemon=True)
         self._thread.start()
 
+    @property
+    def spool(self) -> Path | None:
+        """The spool folder while it exists (see the module docstring)."""
+        return self._spool
+
     def put(self, item: _Item) -> None:
         self.queue.put(item)
 
     def spool_copy(self, path: Path) -> Path:
         """A private copy of a file or folder, so the trial may change or delete its own once queued."""
-        target = Path(tempfile.mkdtemp(dir=self.spool)) / path.name
+        with self._spool_lock:  # the folder is made here and removed by `_drop_empty_spool`
+            if self._spool is None:
+                self._spool = Path(tempfile.mkdtemp(prefix="catsith_outbox_"))
+            target = Path(tempfile.mkdtemp(dir=self._spool)) / path.name
         if path.is_dir():
             shutil.copytree(path, target)
         else:
             shutil.copy2(path, target)
         return target
 
+    def _drop_empty_spool(self) -> None:
+        with self._spool_lock:
+            if self._spool is not None:
+                try:
+                    os.rmdir(self._spool)  # fails while it holds anything: kept then
+                    self._spool = None
+                except FileNotFoundError:
+                    self._spool = None
+                except OSError:
+                    pass
+
     def flush(self, timeout_s: float) -> int:
-        """Wait until everything queued so far was sent (or dropped); returns how many items are left."""
+        """Wait until everything queued so far was sent (or dropped); returns how many items are left.
+        The spool folder goes once nothing is left in it."""
         deadline = time.monotonic() + timeout_s
         while self.queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self.queue.unfinished_tasks
+        left = self.queue.unfinished_tasks
+        if not left:
+            self._drop_empty_spool()
+        return left
+
+    def close(self, timeout_s: float = 30.0) -> Path | None:
+        """At the process's exit: send what is queued (up to `timeout_s`), then remove the spool folder
+        if empty; a folder still holding unsent files is kept and its path logged (and returned)."""
+        if self._closed:
+            return self._spool
+        self._closed = True
+        left = self.flush(timeout_s)
+        spool = self._spool
+        if spool is not None and spool.is_dir():
+            files = sum(1 for p in spool.rglob("*") if p.is_file())
+            log.warning("tracking: %d item(s) could not be sent to MLflow before exit; the %d file(s) among "
+                        "them are kept in %s", left, files, spool)
+            return spool
+        if left:
+            log.warning("tracking: %d item(s) could not be sent to MLflow before exit", left)
+        return None
 
     def _run(self) -> None:
         while True:
@@ -151,9 +200,14 @@ class Outbox:
             metrics = [m for i in batch for m in i.payload]
             for start in range(0, len(metrics), METRICS_PER_BATCH):
                 c.log_batch(run_id, metrics=metrics[start:start + METRICS_PER_BATCH])
+        elif item.kind == "params":
+            c.log_batch(run_id, params=item.payload)
         elif item.kind == "image":
-            image, key, step = item.payload
-            c.log_image(run_id, image, key=key, step=step)
+            from PIL import Image
+
+            data, key, step = item.payload
+            with Image.open(io.BytesIO(data)) as image:
+                c.log_image(run_id, image, key=key, step=step)
         elif item.kind == "artifact":
             path: Path = item.payload
             if path.is_dir():
@@ -174,6 +228,7 @@ def process_outbox(retry_timeout_s: float) -> Outbox:
     with _outbox_lock:
         if _outbox is None:
             _outbox = Outbox(retry_timeout_s=retry_timeout_s)
+            atexit.register(_outbox.close)
         _outbox.retry_timeout_s = retry_timeout_s
         return _outbox
 
@@ -189,41 +244,41 @@ class TrialLogger:
         self.uri = uri
         self.client = client(uri)
         self.retry_timeout_s = retry_timeout_s
+        self.outbox = process_outbox(retry_timeout_s)
+        self.seconds = 0.0  # time the trial spent in tracking calls, to keep it measurable
+        # Only finding or creating the run waits on the server (its id is needed); the rest is queued.
         run_id = self._retry(lambda: find_trial_run(uri, experiment_id, parent_run_id, trial_id), "finding the run")
         self.resumed = run_id is not None
         if run_id is None:
             run = self._retry(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags={
-                PARENT_TAG: parent_run_id, TAG_TRIAL: trial_id, TAG_KIND: "trial", **tags}), "creating the run")
-            run_id = run.info.run_id
+                PARENT_TAG: parent_run_id, TAG_TRIAL: trial_id, TAG_KIND: "trial", TAG_ATTEMPTS: "1", **tags}),
+                "creating the run")
+            run_id, self.attempt = run.info.run_id, 1
+        else:
+            run = self._retry(lambda: self.client.get_run(run_id), "reading the run")
+            self.attempt = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
         self.run_id: str = run_id
-        self.attempt = self._count_attempt()
-        self.seconds = 0.0  # time the trial spent in tracking calls, to keep it measurable
-        if not self.resumed:
+        if self.resumed:
+            self.set_tag(TAG_ATTEMPTS, str(self.attempt))
+        else:
             self.log_params(params, config)
-        self.outbox = process_outbox(retry_timeout_s)
         if node_id:  # the node this attempt runs on (a retried trial may land on another)
             self.set_tag(TAG_NODE, node_id)
 
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
         return call_with_retry(fn, what, self.retry_timeout_s)
 
-    def _count_attempt(self) -> int:
-        previous = 0
-        if self.resumed:
-            run = self._retry(lambda: self.client.get_run(self.run_id), "reading the run")
-            previous = int(run.data.tags.get(TAG_ATTEMPTS, "1"))
-        self._retry(lambda: self.client.set_tag(self.run_id, TAG_ATTEMPTS, str(previous + 1)), "tagging the run")
-        return previous + 1
-
     def log_params(self, params: dict[str, Any], config: dict[str, Any] | None = None) -> None:
-        """`params` as given and the flattened `config` as `config.*` params, in batches."""
+        """`params` as given and the flattened `config` as `config.*` params, queued in batches."""
         from mlflow.entities import Param
 
+        started = time.perf_counter()
         values = {**{f"config.{k}": v for k, v in flatten(config or {}).items()}, **params}
         items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in values.items()]
         items = [Param(p.key, p.value[:MAX_PARAM_LEN]) for p in items]
         for start in range(0, len(items), 100):
-            self._retry(partial(self.client.log_batch, self.run_id, params=items[start:start + 100]), "logging params")
+            self._put("params", items[start:start + 100])
+        self.seconds += time.perf_counter() - started
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -234,11 +289,9 @@ class TrialLogger:
         self.seconds += time.perf_counter() - started
 
     def log_image(self, path: Path, key: str, step: int) -> None:
-        from PIL import Image
-
+        """Queue the image file's bytes (the trial may overwrite the file); the sender decodes them."""
         started = time.perf_counter()
-        with Image.open(path) as image:
-            self._put("image", (image.copy(), key, step))
+        self._put("image", (path.read_bytes(), key, step))
         self.seconds += time.perf_counter() - started
 
     def log_artifacts(self, files: dict[str, Path], artifact_path: str) -> None:
