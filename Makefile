@@ -1,4 +1,4 @@
-# Quick start: `make demo` (sets up .venv, runs the LoRA sweep) and `make test` (sets up .venv, runs the tests).
+# Quick start: `make demo` (sets up .venv, runs the LoRA style sweep) and `make test` (sets up .venv, runs the tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch 2.13 lies on this kind of machine; installing it first keeps pip from pulling a
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m catsith_sweep run experiments/lora_rank.yaml
+	$(PY) -m catsith_sweep run experiments/lora_style.yaml
 
 # Unit and integration tests (GPU tests skip themselves where no CUDA device is present).
 test: venv
