@@ -30,13 +30,13 @@ def _searcher(sampler: optuna.samplers.BaseSampler | None = None) -> OptunaStudy
 
 def _run(searcher: OptunaStudySearcher, trial_id: str, evaluations: list[tuple[float, float]], *,
          finished: bool) -> dict:
-    """Drive a trial as Tune does: one result per evaluation, plus the final report when it finished."""
+    """Drive a trial as Tune does: one result per evaluation, the last one the final report when it
+    finished."""
     result: dict = {}
     for i, (kid, ratio) in enumerate(evaluations):
-        result = {"sprite_kid": kid, "latency_ratio": ratio, STEP: i + 1, FINISHED: False, FAILED: False}
-        searcher.on_trial_result(trial_id, result)
-    if finished:
-        result = {**result, FINISHED: True}
+        last = i == len(evaluations) - 1
+        result = {"sprite_kid": kid, "latency_ratio": ratio, STEP: i + 1, FINISHED: last and finished,
+                  FAILED: False}
         searcher.on_trial_result(trial_id, result)
     return result
 

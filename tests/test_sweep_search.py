@@ -23,11 +23,10 @@ def _report(searcher: OptunaStudySearcher, trial_id: str, values: list[float], *
     result: dict = {}
     for i, value in enumerate(values):
         last = i == len(values) - 1
-        result = {"fid": value, STEP: 10 * (i + 1), FINISHED: False, FAILED: False}
+        # run_trial sends the last evaluation once, as the final report (FINISHED) of a trial that ran
+        # its whole budget
+        result = {"fid": value, STEP: 10 * (i + 1), FINISHED: last and finished, FAILED: False}
         searcher.on_trial_result(trial_id, result)
-        if last and finished:  # run_trial's final report repeats the last evaluation
-            result = {**result, FINISHED: True}
-            searcher.on_trial_result(trial_id, result)
     return result
 
 

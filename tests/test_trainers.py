@@ -175,7 +175,7 @@ def test_run_trial_resumes_from_its_checkpoint(tiny_base: Path, catsith_cache: P
     steps: list[int] = []
     run_trial(LoraTrainer(exp, tmp_path / "b"), exp, tmp_path / "b", lambda r: steps.append(r.step),
               resume_from=kept, log_every=1)
-    assert steps == [3, 4, 4, 4]  # two training logs, the evaluation at 4, the final report
+    assert steps == [3, 4, 4]  # two training logs, then the evaluation at 4 as the final report
     want = load_file(str(tmp_path / "a" / "export" / "pytorch_lora_weights.safetensors"))
     got = load_file(str(tmp_path / "b" / "export" / "pytorch_lora_weights.safetensors"))
     _assert_identical(got, want)

@@ -60,7 +60,7 @@ class OptunaStudySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if len(self.metrics) > 1 or trial_id not in self.asked or trial_id in self.told:
             return  # Optuna takes intermediate values for one objective only (see the module docstring)
-        if result.get(FAILED) or result.get(FINISHED):  # the final report repeats the last evaluation
+        if result.get(FAILED):
             return
         value = result.get(self.metrics[0])
         if isinstance(value, int | float) and _finite(value):
