@@ -181,3 +181,21 @@ def test_tokenizer_is_deterministic_and_whole_word(tmp_path: Path) -> None:
     assert loaded.model_max_length == MAX_TOKENS
     for text in [*captions, "zebra quux!"]:
         assert loaded(text).input_ids == first(text).input_ids
+
+
+def test_learning_rate_schedules() -> None:
+    """Warm-up, then constant, one cosine to 0, or the warm-restarted cosine (full rate over the first
+    half, then two quarter cycles from `RESTART_PEAK`)."""
+    import math
+
+    assert [D.lr_lambda("constant", 2, 10)(s) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    cosine = D.lr_lambda("cosine", 2, 10)
+    assert [cosine(s) for s in (0, 1)] == [0.5, 1.0]
+    for step in range(2, 12):
+        want = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 2) / 8)))
+        assert cosine(step) == pytest.approx(want)
+    restarts = D.lr_lambda("cosine_restarts", 0, 1200)
+    assert D.restart_cycles(1200) == [(0, 600, 1.0), (600, 300, D.RESTART_PEAK), (900, 300, D.RESTART_PEAK)]
+    assert restarts(0) == 1.0 and restarts(300) == pytest.approx(0.5)
+    assert restarts(599) < 1e-4 and restarts(600) == D.RESTART_PEAK and restarts(900) == D.RESTART_PEAK
+    assert restarts(750) == pytest.approx(D.RESTART_PEAK / 2) and restarts(1200) == pytest.approx(0.0)

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from catsith_sweep.config.schema import BudgetSection, Experiment
+from catsith_sweep.plan.saved import Predicted
 from catsith_sweep.sweep.budget import LEDGER_FILE, BudgetLedger, BudgetSearcher, BudgetStopper, SweepBudget
-from catsith_sweep.sweep.forecast import Predicted, SweepForecast, compare
+from catsith_sweep.sweep.forecast import SweepForecast, compare
 from catsith_sweep.sweep.live import register
 
 

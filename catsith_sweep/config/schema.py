@@ -233,7 +233,7 @@ class FullSection(Section):
     round trip on opaque pixels measures; models/vae_loss.py); `mse` is plain MSE on RGBA."""
     vae_lr_scheduler: Literal["constant", "cosine", "cosine_restarts"] = "cosine"
     """Learning-rate schedule of the VAE phase, over its `vae_steps` (no warm-up). `cosine_restarts`:
-    a cosine over the first half, then two over a quarter each from half the rate (the builtin's)."""
+    a cosine over the first half, then two over a quarter each from half the rate."""
     vae_recolour: float = Field(0.5, ge=0, le=1)
     """Share of VAE-phase sprites given a random hue, saturation and gamma, so the VAE learns to
     represent palettes it was not built on (a user's sheet, a new style). 0: off."""

@@ -109,11 +109,14 @@ def simulate_sweep(rewards: list[float], times: TrialTimes, *, slots: int, sched
     events: list[tuple[float, int, int, int]] = []  # (time, order, trial, report)
     next_trial, order, busy = 0, 0, 0.0
 
+    def time_to(report: int) -> float:
+        """Seconds from the report before (or the trial's setup) to `report`; the export precedes the last."""
+        return times.segments[report - 1] + (times.export if report == n else 0.0)
+
     def start(trial: int, at: float) -> None:
         nonlocal order
         order += 1
-        heapq.heappush(events, (at + times.setup + times.segments[0] + (times.export if n == 1 else 0.0),
-                                order, trial, 1))
+        heapq.heappush(events, (at + times.setup + time_to(1), order, trial, 1))
 
     while next_trial < min(slots, len(rewards)):
         start(next_trial, 0.0)
@@ -133,8 +136,7 @@ def simulate_sweep(rewards: list[float], times: TrialTimes, *, slots: int, sched
             stop = False
         if not stop:
             order += 1
-            step_time = times.segments[report] + (times.export if report + 1 == n else 0.0)
-            heapq.heappush(events, (now + step_time, order, trial, report + 1))
+            heapq.heappush(events, (now + time_to(report + 1), order, trial, report + 1))
             continue
         busy += now - started_at[trial]
         end_times.append(now)

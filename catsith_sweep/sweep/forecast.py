@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from catsith_sweep.plan.saved import Predicted, load_plan, plan_path, save_plan  # noqa: F401  # their old home
+from catsith_sweep.plan.saved import Predicted
 from catsith_sweep.sweep.live import Live
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 
@@ -116,11 +116,10 @@ class SweepForecast(Live, Callback):
         start are expected to train `expected_steps` (a scheduler stops some early); a running trial
         that already passed that many is expected to run its whole budget."""
         now = now or time.time()
-        per_step = self.step_seconds()
-        if per_step is None:
-            if self.predicted is None:
-                return None
-            per_step = self.predicted.trial_seconds / max(1, self.total_steps)
+        trial_s = self.trial_seconds()
+        if trial_s is None:
+            return None
+        per_step = trial_s / max(1, self.total_steps)
         expected = self.expected_steps()
         running = []
         for trial_id, begun in self.begun.items():

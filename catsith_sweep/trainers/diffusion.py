@@ -82,17 +82,13 @@ def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, embeddings:
 def lr_lambda(schedule: str, warmup: int, total: int):
     """Multiplier of the learning rate at each step: linear warm-up, then constant, cosine, or
     `cosine_restarts` (see `restart_cycles`)."""
-    cycles = restart_cycles(total - warmup) if schedule == "cosine_restarts" else []
+    cycles = {"cosine": [(0, total - warmup, 1.0)],
+              "cosine_restarts": restart_cycles(total - warmup)}.get(schedule, [])
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        if cycles:
-            return _restart_factor(step - warmup, cycles)
-        return 1.0
+        return _cosine_factor(step - warmup, cycles) if cycles else 1.0
 
     return factor
 
@@ -103,15 +99,16 @@ RESTART_PEAK = 0.5
 
 def restart_cycles(total: int) -> list[tuple[int, int, float]]:
     """(start, length, peak) of the warm-restarted cosine: half the steps in a first cycle at the full
-    rate, then two cycles of a quarter each at `RESTART_PEAK`. Measured on the builtin VAE (bench/README,
-    probe p5): in the same 1200 steps this reconstructs held-out sprites at 15.6/255 against 22.5 for
-    one cosine; each restart lifts the rate long enough to learn colour the first decay left out."""
+    rate, then two cycles of a quarter each at `RESTART_PEAK`: probe p5's schedule (bench/README), which
+    reached 15.6/255 on held-out sprites in 1200 VAE steps against the built base's 22.5 with one cosine.
+    Not reproduced since: run as today's VAE phase it reached 31.8 after 900 steps (bench/README)."""
     first = total // 2
     second = (total - first) // 2
     return [(0, first, 1.0), (first, second, RESTART_PEAK), (first + second, total - first - second, RESTART_PEAK)]
 
 
-def _restart_factor(step: int, cycles: list[tuple[int, int, float]]) -> float:
+def _cosine_factor(step: int, cycles: list[tuple[int, int, float]]) -> float:
+    """The cosine of the cycle `step` falls in, from that cycle's peak to 0 (held at 0 past the last)."""
     for start, length, peak in reversed(cycles):
         if step >= start:
             progress = (step - start) / max(1, length)
