@@ -187,15 +187,13 @@ class BaselineJob:
         return self.result
 
 
-def start_job(experiment: Experiment, workdir: Path, *, dataset_dir: Path, code_version: str,
+def start_job(experiment: Experiment, workdir: Path, *, dataset_fingerprint: str, code_version: str,
               log: Callable[[str], None] = print) -> BaselineJob:
     """Start the sweep's baseline (`baseline_for`) in a thread and say so; collect it with `wait`."""
-    from catsith_sweep.data.fingerprint import fingerprint
-
     seeds = experiment.eval.noise_seeds
     log(f"baseline: the starting point (no training) at {seeds} eval seed{'s' * (seeds != 1)}, "
         "beside the first trials (cached per setup)")
-    return BaselineJob(lambda: baseline_for(experiment, workdir, dataset_fingerprint=fingerprint(dataset_dir),
+    return BaselineJob(lambda: baseline_for(experiment, workdir, dataset_fingerprint=dataset_fingerprint,
                                             code_version=code_version), log=log).start()
 
 

@@ -170,13 +170,13 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
         raise UserInputError(f"--resume: no interrupted sweep of `{exp.name}` with this same config in {runs_dir}")
     ray_session = RaySession.start(address, trial_env())  # beside the start-up below (sweep/ray_session.py)
     try:
-        sweep_dir, sweep, dataset_dir, job = _start_up(loaded, uri, runs_dir, sweep_dir, fingerprint, log)
+        sweep_dir, sweep, dataset_fp, job = _start_up(loaded, uri, runs_dir, sweep_dir, fingerprint, log)
     except BaseException:
         ray_session.stop()
         raise
     try:
         with ending_runs_on_failure(uri, sweep, sweep_dir):
-            outcome = _run_tuner(loaded, uri, sweep, sweep_dir, dataset_dir, ray_session, started=started,
+            outcome = _run_tuner(loaded, uri, sweep, sweep_dir, dataset_fp, ray_session, started=started,
                                  baseline_job=job, log=log)
     except BaseException:
         ray_session.stop()  # done here, never at the same time as the shutdown Ray registered for exit
@@ -191,15 +191,17 @@ def run_sweep(loaded: LoadedExperiment, *, address: str | None = None, tracking_
 
 
 def _start_up(loaded: LoadedExperiment, uri: str, runs_dir: Path, sweep_dir: Path | None, fingerprint: str,
-              log: Any) -> tuple[Path, SweepRun, Path, Any]:
+              log: Any) -> tuple[Path, SweepRun, str, Any]:
     """The driver's side of starting a sweep, while Ray starts: the dataset, the MLflow experiment and
-    parent run, the sweep folder, the baseline job. (sweep folder, sweep run, dataset folder, job)."""
+    parent run, the sweep folder, the baseline job. (sweep folder, sweep run, dataset fingerprint, job):
+    the fingerprint read once here, while Ray starts, serves the baseline and the trials."""
     from catsith_sweep import tracking
+    from catsith_sweep.data.fingerprint import fingerprint as dataset_fingerprint
     from catsith_sweep.trainers import prepare
 
     exp = loaded.experiment
     quiet_driver()
-    dataset_dir = prepare(exp, log=log)
+    dataset_fp = dataset_fingerprint(prepare(exp, log=log))
     experiment_id = tracking.ensure_experiment(uri, exp.mlflow_experiment)
     sweep_dir, parent_run_id = _open_sweep(loaded, uri, experiment_id, runs_dir, sweep_dir, fingerprint, log)
     sweep = _sweep_run(uri, parent_run_id)
@@ -207,8 +209,9 @@ def _start_up(loaded: LoadedExperiment, uri: str, runs_dir: Path, sweep_dir: Pat
     if "baseline" not in json.loads((sweep_dir / STATE_FILE).read_text()):
         from catsith_sweep.sweep.baseline import start_job
 
-        job = start_job(exp, sweep_dir / "baseline", dataset_dir=dataset_dir, code_version=git_commit(), log=log)
-    return sweep_dir, sweep, dataset_dir, job
+        job = start_job(exp, sweep_dir / "baseline", dataset_fingerprint=dataset_fp, code_version=git_commit(),
+                        log=log)
+    return sweep_dir, sweep, dataset_fp, job
 
 
 def _open_sweep(loaded: LoadedExperiment, uri: str, experiment_id: str, runs_dir: Path, sweep_dir: Path | None,
@@ -289,7 +292,7 @@ def _collect_baseline(job: Any, uri: str, sweep: SweepRun, sweep_dir: Path, time
         write_state(sweep_dir, baseline=baseline.metrics, noise_floors=baseline.noise_floors)
 
 
-def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
+def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_fp: str,
                ray_session: RaySession, *, started: float, baseline_job: Any = None, log: Any = print) -> SweepOutcome:
     from catsith_sweep.sweep.budget import figures as budget_figures
     from catsith_sweep.sweep.summary import finish_parent_run, log_plots
@@ -298,7 +301,7 @@ def _run_tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: P
     exp = loaded.experiment
     ray_session.wait()
     check_tracking_reaches_workers(uri, ray_session.address, sweep.experiment_id)
-    tuner, forecast, budget = _tuner(loaded, uri, sweep, sweep_dir, dataset_dir, started)
+    tuner, forecast, budget = _tuner(loaded, uri, sweep, sweep_dir, dataset_fp, started)
     threading.Thread(target=_import_plotting, name="catsith-plot-imports").start()
     results = tuner.fit()
     states = None
@@ -348,10 +351,9 @@ def _import_plotting() -> None:
         import catsith_sweep.metrics.images  # noqa: F401
 
 
-def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_dir: Path,
+def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path, dataset_fp: str,
            started: float) -> tuple[Any, Any, Any]:
     """(tuner, forecast, budget): a new tuner, or the interrupted sweep's restored from `tune/`."""
-    from catsith_sweep.data.fingerprint import fingerprint as dataset_fingerprint
     from catsith_sweep.plan.saved import load_plan
     from catsith_sweep.sweep import budget as budgets
     from catsith_sweep.sweep.space import optuna_space
@@ -363,7 +365,7 @@ def _tuner(loaded: LoadedExperiment, uri: str, sweep: SweepRun, sweep_dir: Path,
     context = SweepContext(
         experiment=public_experiment(exp).model_dump(mode="json"), fixed_params=optuna_space(loaded.space)[1],
         tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id, sweep_id=sweep_dir.name,
-        git_commit=git_commit(), dataset_fingerprint=dataset_fingerprint(dataset_dir), env=trial_env(),
+        git_commit=git_commit(), dataset_fingerprint=dataset_fp, env=trial_env(),
     )
     tune_dir = sweep_dir / "tune"
     forecast, budget = budgets.sweep_meters(loaded, started=started, sweep_dir=sweep_dir,

@@ -3,6 +3,7 @@ stores it): here, below the planner, which says whether a sweep will pay for its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -19,8 +20,10 @@ CACHE_FORMAT = 1
 """Bumped when what is cached changes meaning: older entries are then never read."""
 
 
+@functools.cache
 def git_commit() -> str:
-    """The code's git commit (part of the baseline key), `unknown` outside a checkout."""
+    """The code's git commit (part of the baseline key), `unknown` outside a checkout; asked of git once
+    per process (the driver, the baseline and the planner all need it)."""
     try:
         here = Path(__file__).resolve().parent
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
