@@ -5,8 +5,9 @@ every evaluation (and, with --base-eval, before training). For quick A/B probes 
         lora.rank=16 lora.alpha=16 train.learning_rate=1e-3 train.max_steps=480 eval.every_n_steps=160 \\
         --base-eval --workdir /tmp/one_trial
 
-The experiment's `search:` and `promote:` sections are dropped: this is the experiment's own values plus
-the overrides. Session 3 used it to find why the neon demo's adapters did not learn (README, demo).
+Overrides are checked as `run` checks them; the trial uses the experiment's own values plus the
+overrides (its `search:` section is not sampled). Session 3 used it to find why the neon demo's
+adapters did not learn (README, demo).
 """
 
 from __future__ import annotations
@@ -29,23 +30,16 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/one_trial"))
     args = parser.parse_args()
 
-    import yaml
-
-    from catsith_sweep.config.schema import Experiment
+    from catsith_sweep.config.loader import load_experiment
+    from catsith_sweep.errors import UserInputError
     from catsith_sweep.trainers import make_trainer, prepare
     from catsith_sweep.trainers.base import Report, run_trial
 
-    config = yaml.safe_load(args.experiment.read_text())
-    config.pop("search", None)
-    config.pop("promote", None)
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        *head, last = key.split(".")
-        section = config
-        for part in head:
-            section = section.setdefault(part, {})
-        section[last] = yaml.safe_load(value)
-    experiment = Experiment.model_validate(config)
+    try:
+        experiment = load_experiment(args.experiment, args.overrides).experiment  # checked as `run` checks it
+    except UserInputError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     prepare(experiment, log=lambda message: None)
 
     def show(step: int, metrics: dict[str, float], elapsed: float) -> None:
