@@ -91,3 +91,40 @@ def test_grid_sampler_covers_every_combination_once() -> None:
     assert len(set(seen)) == 6
     assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 6
     assert searcher.study.best_value == 0.5
+
+
+@pytest.mark.parametrize("sampler_seed", range(5))
+def test_params_are_not_repeated_while_untried_combinations_remain(sampler_seed: int) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    from catsith_sweep.sweep.search import REPEAT_ATTR
+
+    space = {"rank": CategoricalDistribution([4, 16]), "lr": CategoricalDistribution([1e-4, 5e-4, 2e-3])}
+    # A random sampler repeats one of 6 combinations within 6 draws with probability 1 - 6!/6**6 = 0.98.
+    searcher = OptunaStudySearcher(space=space, metric="fid", mode="min",
+                                   sampler=optuna.samplers.TPESampler(seed=sampler_seed), seed=sampler_seed)
+    seen = []
+    for i in range(6):
+        seen.append(tuple(sorted(searcher.suggest(f"t{i}").items())))
+        if i % 2:  # two in flight at a time; the earlier of them ends
+            searcher.on_trial_complete(f"t{i - 1}", _report(searcher, f"t{i - 1}", [float(i)], finished=True))
+    assert len(set(seen)) == 6
+    repeats = [t for t in searcher.study.trials if REPEAT_ATTR in t.user_attrs]
+    assert all(t.state == TrialState.FAIL for t in repeats)
+    # Every combination tried: a seventh trial reruns one rather than failing.
+    assert tuple(sorted(searcher.suggest("t6").items())) in set(seen)
+
+
+def test_repeat_skipping_survives_save_and_restore(tmp_path) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    space = {"rank": CategoricalDistribution([4, 16, 32])}
+    searcher = OptunaStudySearcher(space=space, metric="fid", mode="min",
+                                   sampler=optuna.samplers.RandomSampler(seed=0), seed=0)
+    first = searcher.suggest("a")["rank"]
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = OptunaStudySearcher(space=space, metric="fid", mode="min",
+                                   sampler=optuna.samplers.RandomSampler(seed=1), seed=1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    later = {restored.suggest(name)["rank"] for name in ("b", "c")}
+    assert later == {4, 16, 32} - {first}

@@ -17,26 +17,42 @@ partial-budget point never reaches the Pareto front (`study.best_trials`, sweep/
 population (which reads complete trials only); TPE ranks such trials after every complete one. A failed
 trial, or one missing any objective, is FAIL. Only a finished trial is told its values, in `metric` order.
 
+Repeats: TPE's first trials are random and Optuna does not avoid params it has already asked for (in
+the search bench, seed 0 proposed one rank/lr combination three times in six trials). A trial whose
+params equal an earlier trial's (asked in this study, running or ended) is told as FAIL, marked
+`catsith_repeat_of`, and the sampler is asked again; after `REPEAT_ASKS` repeats a combination not
+yet tried is drawn at random from a finite space (all choices categorical or stepped) and enqueued.
+Only when every combination has been tried does a trial rerun one (a second seed of it is a real
+measurement then). FAIL keeps the repeat out of every sampler's model and of `best_trials`.
+
 Built on Tune's public `Searcher` interface and Optuna's ask-and-tell interface (no private state of
 either); `save`/`restore` pickle the study with the trials in flight, so `Tuner.restore` continues it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
+import random
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from catsith_sweep.sweep.trainable import FAILED, FINISHED, STEP
 
+REPEAT_ASKS = 8
+"""Sampler proposals that repeat an earlier trial's params before an untried one is drawn at random."""
+REPEAT_ATTR = "catsith_repeat_of"
+MAX_ENUMERATED = 100_000
+"""Largest finite space whose untried combinations are listed."""
+
 
 class OptunaStudySearcher(Searcher):
     """Suggests each trial's params with `study.ask(space)`; `metric`/`mode` may be lists (multi-objective)."""
 
     def __init__(self, *, space: dict[str, Any], metric: str | list[str], mode: str | list[str],
-                 sampler: Any) -> None:
+                 sampler: Any, seed: int | None = None) -> None:
         import optuna
 
         super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]  # Tune takes lists too
@@ -47,6 +63,8 @@ class OptunaStudySearcher(Searcher):
         self.asked: dict[str, Any] = {}
         """Ray trial id -> the Optuna trial it runs."""
         self.told: set[str] = set()
+        self.rng = random.Random(seed)
+        """Draws untried combinations once the sampler keeps repeating itself."""
 
     @property
     def metrics(self) -> list[str]:
@@ -54,8 +72,28 @@ class OptunaStudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id not in self.asked:
-            self.asked[trial_id] = self.study.ask(fixed_distributions=self.space)
+            self.asked[trial_id] = self._ask_untried()
         return dict(self.asked[trial_id].params)
+
+    def _ask_untried(self) -> Any:
+        """An Optuna trial whose params no earlier trial had, while the space has such params left."""
+        from optuna.trial import TrialState
+
+        for attempt in range(REPEAT_ASKS + 1):
+            tried = {_key(t.params): t.number for t in self.study.get_trials(deepcopy=False)
+                     if REPEAT_ATTR not in t.user_attrs and t.params}
+            if attempt == REPEAT_ASKS:
+                untried = _untried_params(self.space, set(tried), self.rng)
+                if untried is None:
+                    break  # everything was tried (or the space is continuous): let the sampler repeat
+                self.study.enqueue_trial(untried)
+            trial = self.study.ask(fixed_distributions=self.space)
+            earlier = tried.get(_key(trial.params))
+            if earlier is None:
+                return trial
+            trial.set_user_attr(REPEAT_ATTR, earlier)
+            self.study.tell(trial, state=TrialState.FAIL)
+        return self.study.ask(fixed_distributions=self.space)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if len(self.metrics) > 1 or trial_id not in self.asked or trial_id in self.told:
@@ -91,13 +129,44 @@ class OptunaStudySearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"study": self.study, "asked": self.asked, "told": self.told, "space": self.space}, handle)
+            pickle.dump({"study": self.study, "asked": self.asked, "told": self.told, "space": self.space,
+                         "rng": self.rng.getstate()}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         # Tune's own searcher checkpoint inside the sweep's folder (runs/ is the user's, see README).
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)  # noqa: S301
         self.study, self.asked, self.told, self.space = state["study"], state["asked"], state["told"], state["space"]
+        if "rng" in state:  # searcher checkpoints written before repeats were skipped have none
+            self.rng.setstate(state["rng"])
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def _untried_params(space: dict[str, Any], tried: set[tuple], rng: random.Random) -> dict[str, Any] | None:
+    """A random combination of a finite space's values that is not in `tried`; None when the space is
+    not finite (a continuous range) or every combination was tried."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    values: dict[str, list[Any]] = {}
+    for name, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            values[name] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            values[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            count = int(round((dist.high - dist.low) / dist.step)) + 1
+            values[name] = [dist.low + i * dist.step for i in range(count)]
+        else:
+            return None
+    names = sorted(values)
+    if math.prod(len(v) for v in values.values()) > MAX_ENUMERATED:
+        return None  # a space this large rarely repeats; not worth listing
+    untried = [combo for combo in itertools.product(*(values[n] for n in names))
+               if _key(dict(zip(names, combo, strict=True))) not in tried]
+    return dict(zip(names, rng.choice(untried), strict=True)) if untried else None
 
 
 def _finite(value: Any) -> bool:

@@ -51,7 +51,8 @@ def make_sampler(name: str, seed: int | None) -> Any:
 
     samplers = {
         "grid": grid,
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        # constant_liar: trials run 2+ at a time; without it TPE proposes the same region to each of them
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
         "gp": lambda: optuna.samplers.GPSampler(seed=seed),
