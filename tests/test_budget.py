@@ -112,6 +112,11 @@ def test_predicted_vs_actual_metrics() -> None:
     assert figures["predicted_wall_seconds"] == 110.0 and figures["actual_wall_seconds"] == 100.0
     assert figures["wall_error"] == pytest.approx(0.1) and figures["steps_error"] == pytest.approx(-0.1)
     assert figures["trials_error"] == 0.0
+    assert "wall_within_p10_p90" not in figures  # a prediction without a range (saved before it existed)
+    ranged = Predicted(wall_seconds=110.0, steps=90.0, trials=4, trial_seconds=20.0, source="plan",
+                       wall_low=95.0, wall_high=130.0)
+    assert compare(ranged, {"wall_seconds": 100.0, "steps": 100.0, "trials": 4.0})["wall_within_p10_p90"] == 1.0
+    assert compare(ranged, {"wall_seconds": 90.0, "steps": 100.0, "trials": 4.0})["wall_within_p10_p90"] == 0.0
 
 
 def test_eta_from_finished_trials(monkeypatch: pytest.MonkeyPatch) -> None:

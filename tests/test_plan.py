@@ -252,3 +252,20 @@ def test_plan_saves_the_prediction_its_sweep_reads(tiny_base: Path, use_catsith_
                              scheduler="asha", grace_period=1, reduction_factor=2, plan=saved)
     figures = compare(forecast.predicted, {"wall_seconds": 100.0, "steps": 100.0, "trials": 4.0})
     assert figures["predicted_wall_seconds"] == saved.wall_seconds
+    assert saved.wall_low is not None and saved.wall_high is not None
+    assert saved.wall_low <= saved.wall_seconds <= saved.wall_high
+    assert figures["predicted_wall_seconds_p90"] == saved.wall_high
+
+
+def test_expected_sweep_gives_the_spread_of_a_small_asha_sweep() -> None:
+    """lora_rank's shape (8 trials, one rung): the number stopped is a draw, so the wall time spreads;
+    without a scheduler nothing is drawn and the range is one point."""
+    steps = evaluation_steps(320, 80)
+    times = TrialTimes(setup=0.0, segments=(1.0,) * 4, export=0.0)
+    asha = expected_sweep(num_trials=8, times=times, eval_steps=steps, slots=2, scheduler="asha",
+                          grace_period=2, reduction_factor=3)
+    low, high = asha.wall_range
+    assert low < asha.wall_seconds < high
+    assert asha.steps_range[0] <= 1600 < asha.steps_range[1]  # the 6-of-8 stop lora_rank saw is inside
+    fifo = expected_sweep(num_trials=8, times=times, eval_steps=steps, slots=2, scheduler="none")
+    assert fifo.wall_range == (fifo.wall_seconds, fifo.wall_seconds) == (16.0, 16.0)

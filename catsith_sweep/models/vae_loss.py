@@ -7,8 +7,12 @@ only ever saw one palette decodes every other palette as that one. So:
 
 - `sprite_reconstruction_loss`: L1 on RGB weighted by the target's alpha (plus a small floor, so the
   colour under a soft edge stays sane), L1 on alpha, and an optional L1 on horizontal and vertical
-  differences (crisp outlines). L1 is what the round-trip measure (mean absolute error on opaque
+  differences (crisp outlines), and an optional L1 on the two opponent chroma axes (red-green,
+  yellow-blue), weighted by alpha. L1 is what the round-trip measure (mean absolute error on opaque
   pixels) asks for, and it does not average a two-colour edge into a blur as MSE does.
+  Why the chroma term: with 4 latent channels per 4x4 pixels, the v2 VAE spent its capacity on
+  alpha, brightness and edges and kept one chroma axis (blue-yellow): green came back blue or yellow,
+  red as orange (session 4's round-trip PNG). Plain RGB L1 prices that below a blurred edge.
 - `recolour`: per sprite, a random rotation of RGB about the grey axis (hue), a saturation scale
   and a gamma (brightness), on a random share of the batch. Shapes, alpha and the ordering of shades
   within a sprite survive; the palette does not, so the VAE learns colour as colour.
@@ -24,7 +28,14 @@ TRANSPARENT_RGB_WEIGHT = 0.05
 """Weight of RGB error where the target is transparent, relative to opaque pixels."""
 
 
-def sprite_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, *, edge_weight: float = 0.0) -> torch.Tensor:
+def opponent_chroma(rgb: torch.Tensor) -> torch.Tensor:
+    """N x 2 x H x W red-green (R - G) and yellow-blue ((R + G) / 2 - B) of N x 3 x H x W RGB."""
+    red, green, blue = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    return torch.stack([red - green, (red + green) / 2 - blue], dim=1)
+
+
+def sprite_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, *, edge_weight: float = 0.0,
+                               chroma_weight: float = 0.0) -> torch.Tensor:
     """Loss of an RGBA reconstruction; both N x 4 x H x W in the VAE's [-1, 1] range."""
     if recon.shape != target.shape or recon.ndim != 4 or recon.shape[1] != 4:
         raise ValueError(f"expected two N x 4 x H x W RGBA tensors of one shape, got {tuple(recon.shape)} "
@@ -34,6 +45,9 @@ def sprite_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, *, edg
     rgb = ((recon01[:, :3] - target01[:, :3]).abs() * weight).sum() / (weight.sum() * 3)
     alpha = (recon01[:, 3] - target01[:, 3]).abs().mean()
     loss = rgb + alpha
+    if chroma_weight:
+        chroma = (opponent_chroma(recon01[:, :3]) - opponent_chroma(target01[:, :3])).abs() * weight
+        loss = loss + chroma_weight * chroma.sum() / (weight.sum() * 2)
     if edge_weight:
         for dim in (2, 3):
             loss = loss + edge_weight * (torch.diff(recon01, dim=dim) - torch.diff(target01, dim=dim)).abs().mean()
@@ -82,13 +96,14 @@ def random_square_symmetry(images: torch.Tensor, generator: torch.Generator) -> 
     return images.flip(3) if bool(torch.rand(1, generator=generator) < 0.5) else images
 
 
-def reconstruction_loss(kind: str, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`sprite` (sprite_reconstruction_loss; RGBA only) or `mse` (plain MSE, what bases before
-    BUILTIN_VERSION 2 were built with); both take tensors in the VAE's [-1, 1] range."""
+def reconstruction_loss(kind: str, recon: torch.Tensor, target: torch.Tensor, *,
+                        chroma_weight: float = 0.0) -> torch.Tensor:
+    """`sprite` (sprite_reconstruction_loss with `chroma_weight`; RGBA only) or `mse` (plain MSE, what
+    bases before BUILTIN_VERSION 2 were built with); both take tensors in the VAE's [-1, 1] range."""
     if kind == "mse" or target.shape[1] != 4:  # an RGB VAE has no alpha to weight by
         return torch.nn.functional.mse_loss(recon, target)
     if kind == "sprite":
-        return sprite_reconstruction_loss(recon, target)
+        return sprite_reconstruction_loss(recon, target, chroma_weight=chroma_weight)
     raise ValueError(f"VAE loss {kind!r}: expected 'sprite' or 'mse'")
 
 

@@ -121,15 +121,25 @@ def _prediction_table(exp: Any, cal: Calibration, pred: Prediction) -> Table:
         ("stopped early", f"{e.stopped_early:.1f} expected ({exp.search.scheduler})"),
         ("evaluations", f"{e.evaluations:.1f} of {e.trials * pred.evaluations_per_trial} "
                         f"({pred.evaluations_per_trial} per full trial)"),
-        ("steps trained", f"{e.steps:.0f} of {e.trials * cal.total_steps} ({cal.total_steps} per full trial)"),
+        ("steps trained", f"{e.steps:.0f} of {e.trials * cal.total_steps} ({cal.total_steps} per full trial)"
+                          + _spread(e.steps_range, e.steps, lambda v: f"{v:.0f}")),
         ("one full trial", fmt_duration(pred.trial_full_s)),
         ("fixed per sweep", ", ".join(f"{k} {v:.0f} s" for k, v in fixed.items())),
-        ("wall time", f"{fmt_duration(pred.wall_s)} ({pred.wall_s:.0f} s)"),
+        ("wall time", f"{fmt_duration(pred.wall_s)} ({pred.wall_s:.0f} s)"
+                      + _spread(pred.wall_range_s, pred.wall_s, fmt_duration)),
         ("compute", f"{compute_h:.3f} trial-hours = {unit}"),
     ]
     for key, value in rows:
         table.add_row(key, escape(value))
     return table
+
+
+def _spread(bounds: tuple[float, float], expected: float, fmt: Any) -> str:
+    """`; 80% of simulated sweeps: A-B`, where the scheduler's stops make the total vary."""
+    low, high = bounds
+    if high - low <= 0.01 * max(expected, 1e-9):
+        return ""
+    return f"; 80% of simulated sweeps: {fmt(low)} to {fmt(high)} (which trials the scheduler stops)"
 
 
 def print_dry_run_prediction(loaded: Any, console: Console = out) -> Prediction | None:

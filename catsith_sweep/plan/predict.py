@@ -75,6 +75,12 @@ class Prediction:
     def fixed_s(self) -> float:
         return sum(self.fixed_before_s.values()) + sum(self.fixed_after_s.values())
 
+    @property
+    def wall_range_s(self) -> tuple[float, float]:
+        """Wall seconds of the 10th and 90th percentile simulated sweeps (schedule.Expectation)."""
+        low, high = self.expectation.wall_range
+        return self.fixed_s + low, self.fixed_s + high
+
 
 def contention_factor(slots: int, threads_per_trial: int, machine_cpus: float, *, on_gpu: bool) -> float:
     """How much slower each CPU trial runs when the trials together want more threads than cores."""

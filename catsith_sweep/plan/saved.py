@@ -24,6 +24,9 @@ class Predicted:
     """One trial of the whole budget."""
     source: str
     """`plan` (calibrated) or `first trial`."""
+    wall_low: float | None = None
+    wall_high: float | None = None
+    """10th / 90th percentile wall seconds of the simulated sweeps (plan.schedule.Expectation.wall_range)."""
 
 
 def plan_path(runs_dir: Path, fingerprint: str) -> Path:
@@ -33,8 +36,9 @@ def plan_path(runs_dir: Path, fingerprint: str) -> Path:
 def save_plan(runs_dir: Path, fingerprint: str, prediction: Any) -> Path:
     """Keep the planner's prediction (`plan.predict.Prediction`) for the sweep of this same config."""
     e = prediction.expectation
+    low, high = prediction.wall_range_s
     predicted = Predicted(wall_seconds=prediction.wall_s, steps=e.steps, trials=e.trials,
-                          trial_seconds=prediction.trial_full_s, source="plan")
+                          trial_seconds=prediction.trial_full_s, source="plan", wall_low=low, wall_high=high)
     path = plan_path(runs_dir, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({**asdict(predicted), "saved": time.time()}, indent=2))
@@ -46,4 +50,4 @@ def load_plan(runs_dir: Path, fingerprint: str) -> Predicted | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return Predicted(**{k: data[k] for k in Predicted.__dataclass_fields__})
+    return Predicted(**{k: data[k] for k in Predicted.__dataclass_fields__ if k in data})

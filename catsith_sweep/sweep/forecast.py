@@ -148,8 +148,11 @@ class SweepForecast(Live, Callback):
                                      slots=self.slots, scheduler=self.scheduler, grace_period=self.grace_period,
                                      reduction_factor=self.reduction_factor)
         fixed_before = (self.first_trial_at or now) - self.started
-        return Predicted(wall_seconds=fixed_before + expectation.wall_seconds + SUMMARY_S, steps=expectation.steps,
-                         trials=self.planned, trial_seconds=seconds, source="first trial")
+        fixed = fixed_before + SUMMARY_S
+        low, high = expectation.wall_range
+        return Predicted(wall_seconds=fixed + expectation.wall_seconds, steps=expectation.steps,
+                         trials=self.planned, trial_seconds=seconds, source="first trial",
+                         wall_low=fixed + low, wall_high=fixed + high)
 
     def progress_text(self, now: float | None = None) -> str:
         """`trials 3/8 done, elapsed 1.2 min, ETA 2.5 min`."""
@@ -174,4 +177,8 @@ def compare(predicted: Predicted | None, actual: dict[str, float]) -> dict[str, 
         out[f"predicted_{key}"] = value
         if actual[key]:
             out[error] = (value - actual[key]) / actual[key]
+    if predicted.wall_low is not None and predicted.wall_high is not None:
+        # where the scheduler's draws make the total vary, a miss inside this range is that draw
+        out["predicted_wall_seconds_p10"], out["predicted_wall_seconds_p90"] = predicted.wall_low, predicted.wall_high
+        out["wall_within_p10_p90"] = float(predicted.wall_low <= actual["wall_seconds"] <= predicted.wall_high)
     return out
