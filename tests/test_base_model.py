@@ -86,7 +86,7 @@ def test_unknown_builtin_is_refused(tmp_path: Path) -> None:
 
 def _outputs(parts: DiffusionParts) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    latents = torch.randn(2, int(parts.unet.config.in_channels), 8, 8, generator=generator)
     ids = D.tokenize(parts, PROMPTS, torch.device("cpu"))
     with torch.no_grad():
         embeddings = parts.text_encoder(ids)[0]
