@@ -12,6 +12,7 @@ import torch
 
 from catsith_sweep.models.vae_loss import (
     _grey_axis_rotations,
+    opponent_chroma,
     random_square_symmetry,
     recolour,
     sprite_reconstruction_loss,
@@ -54,6 +55,29 @@ def test_edge_term_sees_a_blurred_outline_that_the_colour_term_barely_does() -> 
     plain = float(sprite_reconstruction_loss(blurred, target))
     with_edges = float(sprite_reconstruction_loss(blurred, target, edge_weight=1.0))
     assert with_edges > plain * 1.2
+
+
+def test_opponent_chroma_axes() -> None:
+    rgb = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5]])[:, :, None, None]
+    chroma = opponent_chroma(rgb)[:, :, 0, 0]
+    assert chroma.tolist() == [[1.0, 0.5], [-1.0, 0.5], [0.0, -1.0], [0.0, 0.0]]  # grey has no chroma
+
+
+def test_chroma_term_prices_a_lost_red_green_axis_above_a_brightness_error() -> None:
+    """The v2 VAE's failure: green decoded as yellow. Without the chroma term a brightness error of the
+    same RGB L1 costs as much; with it the hue error costs more."""
+    target01 = _sprites()
+    green, yellow = target01.clone(), target01.clone()
+    opaque = target01[:, 3:] > 0
+    green[:, :3] = torch.where(opaque, torch.tensor([0.2, 0.8, 0.2])[:, None, None], 0.0)
+    yellow[:, :3] = torch.where(opaque, torch.tensor([0.6, 0.8, 0.0])[:, None, None], 0.0)  # L1 0.6 from green
+    darker = green.clone()
+    darker[:, :3] = torch.where(opaque, green[:, :3] - 0.2, 0.0)  # L1 0.6 from green too
+    def loss(recon: torch.Tensor, weight: float) -> float:
+        return float(sprite_reconstruction_loss(recon * 2 - 1, green * 2 - 1, chroma_weight=weight))
+    assert loss(yellow, 0.0) == pytest.approx(loss(darker, 0.0), rel=1e-5)
+    assert loss(yellow, 2.0) > 2 * loss(darker, 2.0)
+    assert loss(green, 2.0) == pytest.approx(0.0)
 
 
 def test_loss_refuses_non_rgba_or_mismatched_shapes() -> None:
