@@ -1,7 +1,7 @@
 """The builtin base model `builtin:catsith-tiny` and base-model resolution.
 
 `builtin:catsith-tiny` is a scaled-down copy of segmind/tiny-sd's layout: a diffusers
-UNet2DConditionModel, an AutoencoderKL with 4x down-sampling (a 64 px sprite is a 16x16x4 latent) and a
+UNet2DConditionModel, an AutoencoderKL with 4x down-sampling (a 64 px sprite is a 16x16x8 latent) and a
 CLIPTextModel, with a BPE tokenizer trained offline on the dataset's captions. Its VAE takes RGBA (4
 channels) so generated sprites keep their alpha; a real RGB base (segmind/tiny-sd) gets sprites
 composited on a background instead.
@@ -10,7 +10,13 @@ Why 16x16 and not SD's 8x: a sprite has no redundancy for an 8x VAE to remove. A
 one-pixel outlines and cannot hold palettes it was not built on; at 8x8x16 it learns as slowly
 (bench/vae_roundtrip.py and the base-build notes give the measured round trips). The UNet pays for
 the 4x larger latent with one cheap extra level (32 channels at 16x16, no attention) in front of the
-old three, about 1.4x the old UNet's FLOPs per step. Both are saved and loaded as diffusers folders, so a local path
+old three, about 1.4x the old UNet's FLOPs per step.
+
+Why 8 latent channels (v3; v2 had 4): with 4 channels per 4x4 pixels the VAE spent its capacity on
+alpha, brightness and edges and kept a single chroma axis: green came back yellow or blue, red as
+orange, magenta as pale blue, in every style. 8 channels and a chroma term in the VAE loss
+(models/vae_loss.py, `full.vae_chroma_weight`) keep every hue; the UNet pays only in its first and
+last convolution. Both are saved and loaded as diffusers folders, so a local path
 or a hub id goes down the same code path as the builtin one.
 """
 
@@ -28,14 +34,15 @@ BUILTIN_NAMES = ("catsith-tiny",)
 MAX_TOKENS = 32
 """Text context of the builtin base; a short context keeps attention cheap. Captions of the guide run
 28-36 tokens with this tokenizer (median 34 on a neon-style set), so the last words (often the style)
-are cut from about half of them; 48 is part of session 4's v3 recipe, which was not kept
-(trainers/base_build.py says why)."""
+are cut from about half of them. Raising it costs a rebuild and UNet time (session 4's first 8-channel
+attempt used 48: 0.34 vs 0.29 s/step; trainers/base_build.py)."""
 
 # Architecture of catsith-tiny. Kept here (not in the experiment file) so a cached base always
 # matches the code that reads it; a change here must bump BUILTIN_VERSION.
 # v2: 16x16 latent (was 8x8), UNet level at 16x16, VAE trained with the sprite loss and recolouring.
-BUILTIN_VERSION = 2
-LATENT_CHANNELS = 4
+# v3: 8 latent channels, VAE trained with the chroma term (weight 1).
+BUILTIN_VERSION = 3
+LATENT_CHANNELS = 8
 VAE_CONFIG: dict[str, Any] = {
     "in_channels": 4, "out_channels": 4, "latent_channels": LATENT_CHANNELS, "sample_size": 64,
     "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,

@@ -22,25 +22,23 @@ from catsith_sweep.models.builtin import builtin_dir, parse_builtin
 from catsith_sweep.progress import Phase, PhasedEta, ProgressLine
 from catsith_sweep.trainers.base import Report, run_trial
 
-# Sized for a 2-core CPU. v1 (8x8x4 latent, 600 VAE + 2000 UNet steps) took 686 s on an idle machine
-# (VAE 0.22 s/step, UNet + text encoder 0.285 s/step at batch 32). v2 (16x16x4 latent) costs per step,
-# by FLOP count: VAE 1.10x, UNet 1.40x; with 1200 VAE steps that is an ESTIMATED 18-19 minutes, not yet
-# timed on an idle machine. The VAE steps were doubled because the round trip is the ceiling of every
-# LoRA: on held-out 16bit / handheld / a rendered sheet (bench/vae_roundtrip.py) 600 steps gave
-# 27/33/33 per 255, 900 (600 continued for 300) 22/30/28, 1200 (continued again) 16/19/18; 1200 is
-# the most the 20-minute allowance holds (bench/README.md has every probe).
-# Tried in session 4 and not kept (a "v3"): 16x16x8 latent, VAE norm groups of 8+ channels, 2400 VAE
-# steps at batch 8 with `vae_chroma_weight: 2`, 48-token captions. It fixed v2's colour collapse (v2
-# decodes every hue on one blue-yellow axis; flat-hue error 45.6 -> 25.1 /255) but measured worse on
-# everything else: round trip own-heldout 24.2 (v2 22.5), handheld 43.0 (27.9), rendered sheet 35.7
-# (28.7), alpha 5.5 (1.3); the demo (lora_style) +10.6% (v2 +16.1%) in 11 min 20 s (v2 7 min 44 s);
-# build 18 min 19 s. VAE stage probes behind it: bench/vae_stage_probe.py (--vae/--full overrides).
+# Sized for a 2-core CPU. v1 (8x8x4 latent, 600 VAE + 2000 UNet steps) took 686 s on an idle machine;
+# v2 (16x16x4 latent, 1200 VAE steps at batch 16, then 2000 UNet steps) 14 min 40 s. v3 keeps v2's
+# schedule and adds 4 latent channels and `vae_chroma_weight: 1` (session 4). VAE stage probes
+# (bench/vae_stage_probe.py NAME cosine 1200 2e-3 --threads 1 [--vae latent_channels=8] [--full ...]),
+# round trip /255 own-heldout, handheld, rendered sheet (colour), own-heldout alpha, flat hues:
+#   v2 recipe (the v2 build):     22.5, 27.9, 28.7, 1.3, hues 45.6 (every hue on a blue-yellow axis)
+#   8 channels, chroma 0.5:       18.7, 32.2, 29.9, 2.1, hues 45.4 (greens come back orange)
+#   8 channels, chroma 1 (v3):    16.5, 17.2, 15.7, 3.8, hues 18.1 (rendered-sheet alpha 9.1; v2 7.0)
+# Tried and not kept, a first 8-channel build: VAE norm groups of 8+ channels, 2400 VAE steps at batch
+# 8, chroma 2, 48-token captions: every hue right but blurred (24.2, 43.0, 35.7, 5.5, hues 25.1), the
+# demo +10.6% (v2 +16.1%) in 11 min 20 s, build 18 min 19 s.
 BUILTIN_BASE_CONFIG = {
     "name": "catsith-tiny-base",
     "trainer": "full",
     "train": {"max_steps": 3200, "batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
               "lr_warmup_steps": 100, "num_threads": 2},
-    "full": {"vae_steps": 1200, "vae_learning_rate": 2e-3},
+    "full": {"vae_steps": 1200, "vae_learning_rate": 2e-3, "vae_chroma_weight": 1.0},
     "eval": {"every_n_steps": 800, "num_metric_samples": 48},
 }
 
