@@ -19,7 +19,7 @@ from catsith_sweep.trainers.distill_loss import (
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 500]),
+    return (torch.randn(2, UNET_CONFIG["in_channels"], 8, 8, generator=g), torch.tensor([10, 500]),
             torch.randn(2, 6, UNET_CONFIG["cross_attention_dim"], generator=g))
 
 

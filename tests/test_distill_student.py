@@ -71,6 +71,7 @@ def test_saved_student_reloads_exactly(tmp_path: Path, level: str) -> None:
     student.save_pretrained(tmp_path, safe_serialization=True)
     reloaded, info = UNet2DConditionModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
-    sample, encoder = torch.randn(1, 4, 16, 16), torch.randn(1, 8, UNET_CONFIG["cross_attention_dim"])
+    sample = torch.randn(1, UNET_CONFIG["in_channels"], 16, 16)
+    encoder = torch.randn(1, 8, UNET_CONFIG["cross_attention_dim"])
     with torch.no_grad():
         assert torch.equal(student(sample, 10, encoder).sample, reloaded.eval()(sample, 10, encoder).sample)

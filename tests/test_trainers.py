@@ -183,7 +183,7 @@ def test_run_trial_resumes_from_its_checkpoint(tiny_base: Path, catsith_cache: P
 
 def _unet_output(unet: Any, embeddings: torch.Tensor) -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 4, 8, 8, generator=generator)
+    x = torch.randn(2, int(unet.config.in_channels), 8, 8, generator=generator)
     with torch.no_grad():
         return unet(x, torch.tensor([10, 500]), embeddings).sample
 
