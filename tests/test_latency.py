@@ -49,7 +49,7 @@ def test_sampling_loop_matches_the_diffusers_pipeline_and_micro_is_faster() -> N
     prompt, device = "a red fighter ship facing up", torch.device("cpu")
     ours = sampling_loop(teacher, prompt, steps=3, guidance_scale=4.0, resolution=64, device=device, seed=7)
     side = 64 // 2 ** (len(teacher.vae.config.block_out_channels) - 1)
-    latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(7))
+    latents = torch.randn(1, teacher.unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(7))
     pipe = to_pipeline(teacher)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(prompt, latents=latents, num_inference_steps=3, guidance_scale=4.0, height=64, width=64,

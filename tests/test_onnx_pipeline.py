@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from catsith_sweep.export.onnx_pipeline import COMPONENTS, export_onnx_pipeline, load_onnx_pipeline
+from catsith_sweep.export.onnx_pipeline import (
+    COMPONENTS,
+    export_onnx_pipeline,
+    load_onnx_pipeline,
+    unet_session_output,
+)
+from catsith_sweep.models import builtin
 from catsith_sweep.models.builtin import build_untrained, to_pipeline
 from catsith_sweep.models.student import build_student
 
@@ -27,7 +33,13 @@ def _parts(level: str | None) -> object:
 
 
 @pytest.mark.parametrize("level", [None, "micro"], ids=["teacher", "micro-student"])
-def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None) -> None:
+def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # diffusers' ONNX pipeline, the runtime here, takes SD's 4 latent channels only (load_onnx_pipeline):
+    # the builtin's layout with 4, as a real SD base has; the 8-channel export is checked below.
+    monkeypatch.setitem(builtin.VAE_CONFIG, "latent_channels", 4)
+    monkeypatch.setitem(builtin.UNET_CONFIG, "in_channels", 4)
+    monkeypatch.setitem(builtin.UNET_CONFIG, "out_channels", 4)
     parts = _parts(level)
     export = export_onnx_pipeline(parts, tmp_path / "catsith-tiny-sd", resolution=64)
     for name in COMPONENTS:
@@ -36,7 +48,8 @@ def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None) -
     assert index["unet"] == ["diffusers", "OnnxRuntimeModel"]
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # type: ignore[attr-defined]
     side = 64 // factor
-    latents = torch.randn(len(PROMPTS), 4, side, side, generator=torch.Generator().manual_seed(1))
+    channels = int(parts.unet.config.in_channels)  # type: ignore[attr-defined]
+    latents = torch.randn(len(PROMPTS), channels, side, side, generator=torch.Generator().manual_seed(1))
     common = {"num_inference_steps": 4, "guidance_scale": 4.0, "output_type": "np"}
     torch_images = to_pipeline(parts)(PROMPTS, latents=latents, height=64, width=64,  # type: ignore[arg-type]
                                       **common).images
@@ -47,6 +60,20 @@ def test_onnx_folder_matches_torch_pipeline(tmp_path: Path, level: str | None) -
     assert onnx_images.shape == torch_images.shape == (2, 64, 64, 4)
     assert np.abs(onnx_images - torch_images).max() < 2e-3
     assert np.abs(torch_images[0] - torch_images[1]).max() > 1e-2  # the prompts do change the images
+
+
+def test_eight_channel_unet_exports_exactly(tmp_path: Path) -> None:
+    parts = _parts(None)
+    assert parts.unet.config.in_channels == builtin.LATENT_CHANNELS == 8  # type: ignore[attr-defined]
+    export = export_onnx_pipeline(parts, tmp_path / "catsith-tiny-sd", resolution=64)
+    g = torch.Generator().manual_seed(2)
+    sample = torch.randn(2, 8, 16, 16, generator=g)
+    hidden = torch.randn(2, int(parts.tokenizer.model_max_length), 64, generator=g)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        want = parts.unet(sample, torch.tensor([10.0]), hidden).sample.numpy()  # type: ignore[attr-defined]
+    got = unet_session_output(export.directory, sample.numpy(), np.array([10.0], np.float32), hidden.numpy())
+    assert got.shape == want.shape == (2, 8, 16, 16)
+    assert np.abs(got - want).max() < 1e-3
 
 
 def test_failed_export_leaves_the_old_folder(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from catsith_sweep.io import staged_dir
 
 ONNX_SD_SCALING = 0.18215  # what ONNX SD pipelines (diffusers, optimum) multiply latents by
@@ -182,10 +184,23 @@ def export_onnx_pipeline(parts: Any, out_dir: str | Path, *, resolution: int = 6
 
 
 def load_onnx_pipeline(directory: str | Path) -> Any:
-    """The exported folder as diffusers' `OnnxStableDiffusionPipeline` (onnxruntime, CPU)."""
+    """The exported folder as diffusers' `OnnxStableDiffusionPipeline` (onnxruntime, CPU). It runs bases
+    with 4 latent channels only (SD's; diffusers draws and checks (N, 4, H/8, W/8) noise whatever the
+    UNet takes), so not the 8-channel builtin v3: run its `unet/model.onnx` with the channel count of
+    its `sample` input, as `unet_session_output` does."""
     from diffusers import OnnxStableDiffusionPipeline
 
     with warnings.catch_warnings():
         # diffusers announces OnnxRuntimeModel's move to optimum, which cannot install beside our stack.
         warnings.simplefilter("ignore", FutureWarning)
         return OnnxStableDiffusionPipeline.from_pretrained(str(directory), provider="CPUExecutionProvider")
+
+
+def unet_session_output(directory: str | Path, sample: np.ndarray, timestep: np.ndarray,
+                        encoder_hidden_states: np.ndarray) -> np.ndarray:
+    """One call of the exported UNet in onnxruntime (CPU): the noise prediction for `sample`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(Path(directory) / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states}
+    return np.asarray(session.run(None, feeds)[0])

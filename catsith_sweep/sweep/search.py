@@ -23,7 +23,8 @@ params equal an earlier trial's (asked in this study, running or ended) is told 
 `catsith_repeat_of`, and the sampler is asked again; after `REPEAT_ASKS` repeats a combination not
 yet tried is drawn at random from a finite space (all choices categorical or stepped) and enqueued.
 Only when every combination has been tried does a trial rerun one (a second seed of it is a real
-measurement then). FAIL keeps the repeat out of every sampler's model and of `best_trials`.
+measurement then). FAIL keeps the repeat out of every sampler's model and of `best_trials`. Not for
+`sampler: random` (`skip_repeats=False`): independent draws, repeats included, are what it promises.
 
 Built on Tune's public `Searcher` interface and Optuna's ask-and-tell interface (no private state of
 either); `save`/`restore` pickle the study with the trials in flight, so `Tuner.restore` continues it.
@@ -52,7 +53,7 @@ class OptunaStudySearcher(Searcher):
     """Suggests each trial's params with `study.ask(space)`; `metric`/`mode` may be lists (multi-objective)."""
 
     def __init__(self, *, space: dict[str, Any], metric: str | list[str], mode: str | list[str],
-                 sampler: Any, seed: int | None = None) -> None:
+                 sampler: Any, seed: int | None = None, skip_repeats: bool = True) -> None:
         import optuna
 
         super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]  # Tune takes lists too
@@ -63,6 +64,7 @@ class OptunaStudySearcher(Searcher):
         self.asked: dict[str, Any] = {}
         """Ray trial id -> the Optuna trial it runs."""
         self.told: set[str] = set()
+        self.skip_repeats = skip_repeats
         self.rng = random.Random(seed)
         """Draws untried combinations once the sampler keeps repeating itself."""
 
@@ -79,20 +81,23 @@ class OptunaStudySearcher(Searcher):
         """An Optuna trial whose params no earlier trial had, while the space has such params left."""
         from optuna.trial import TrialState
 
+        tried = {_key(t.params): t.number for t in self.study.get_trials(deepcopy=False)
+                 if REPEAT_ATTR not in t.user_attrs and t.params}
+        if not self.skip_repeats or _untried_combinations(self.space, set(tried)) == []:
+            return self.study.ask(fixed_distributions=self.space)  # every combination tried: repeat
         for attempt in range(REPEAT_ASKS + 1):
-            tried = {_key(t.params): t.number for t in self.study.get_trials(deepcopy=False)
-                     if REPEAT_ATTR not in t.user_attrs and t.params}
             if attempt == REPEAT_ASKS:
-                untried = _untried_params(self.space, set(tried), self.rng)
-                if untried is None:
-                    break  # everything was tried (or the space is continuous): let the sampler repeat
-                self.study.enqueue_trial(untried)
+                untried = _untried_combinations(self.space, set(tried))
+                if not untried:
+                    break  # the space is continuous (or too large to list): let the sampler repeat
+                self.study.enqueue_trial(self.rng.choice(untried))
             trial = self.study.ask(fixed_distributions=self.space)
             earlier = tried.get(_key(trial.params))
             if earlier is None:
                 return trial
             trial.set_user_attr(REPEAT_ATTR, earlier)
             self.study.tell(trial, state=TrialState.FAIL)
+            tried[_key(trial.params)] = earlier
         return self.study.ask(fixed_distributions=self.space)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -145,9 +150,8 @@ def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted((name, repr(value)) for name, value in params.items()))
 
 
-def _untried_params(space: dict[str, Any], tried: set[tuple], rng: random.Random) -> dict[str, Any] | None:
-    """A random combination of a finite space's values that is not in `tried`; None when the space is
-    not finite (a continuous range) or every combination was tried."""
+def _finite_values(space: dict[str, Any]) -> dict[str, list[Any]] | None:
+    """Each parameter's values when all are finite (categorical, stepped int/float); else None."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     values: dict[str, list[Any]] = {}
@@ -161,12 +165,18 @@ def _untried_params(space: dict[str, Any], tried: set[tuple], rng: random.Random
             values[name] = [dist.low + i * dist.step for i in range(count)]
         else:
             return None
-    names = sorted(values)
-    if math.prod(len(v) for v in values.values()) > MAX_ENUMERATED:
+    return values
+
+
+def _untried_combinations(space: dict[str, Any], tried: set[tuple]) -> list[dict[str, Any]] | None:
+    """The combinations of a finite space's values not in `tried`; None when the space is not finite
+    (a continuous range) or too large to list."""
+    values = _finite_values(space)
+    if values is None or math.prod(len(v) for v in values.values()) > MAX_ENUMERATED:
         return None  # a space this large rarely repeats; not worth listing
-    untried = [combo for combo in itertools.product(*(values[n] for n in names))
-               if _key(dict(zip(names, combo, strict=True))) not in tried]
-    return dict(zip(names, rng.choice(untried), strict=True)) if untried else None
+    names = sorted(values)
+    combos = (dict(zip(names, combo, strict=True)) for combo in itertools.product(*(values[n] for n in names)))
+    return [combo for combo in combos if _key(combo) not in tried]
 
 
 def _finite(value: Any) -> bool:

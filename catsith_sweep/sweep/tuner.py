@@ -49,7 +49,7 @@ def _searcher(loaded: LoadedExperiment) -> Any:
     return OptunaStudySearcher(
         space=dists, metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(search.sampler, search.seed),
-        seed=search.seed,
+        seed=search.seed, skip_repeats=search.sampler != "random",
     )
 
 
