@@ -36,14 +36,13 @@ def hue_square_error(vae: object) -> float:
     import colorsys
 
     import torch
+    import vae_roundtrip as roundtrip
 
     images = torch.zeros(12, 4, 64, 64)
     for index in range(12):
         images[index, :3, 16:48, 16:48] = torch.tensor(colorsys.hsv_to_rgb(index / 12, 0.8, 0.85))[:, None, None]
         images[index, 3, 16:48, 16:48] = 1
-    with torch.no_grad():
-        out = (vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2  # type: ignore[attr-defined]
-    return float((out - images)[:, :3, 16:48, 16:48].abs().mean() * 255)
+    return roundtrip.roundtrip_errors(images, roundtrip.roundtrip(vae, images))["rgb"]
 
 
 def main() -> int:

@@ -12,7 +12,8 @@ CatSith's ONNX route reads (catsith-formats.md §3) and diffusers' `OnnxStableDi
 
 optimum itself does not install beside this project's transformers (it pins transformers < 4.58), so
 the graphs are exported here with torch's exporter and checked by running the whole denoising loop in
-onnxruntime through diffusers' ONNX pipeline (tests/test_onnx_pipeline.py).
+onnxruntime through diffusers' ONNX pipeline for a 4-latent-channel layout (that pipeline draws and
+checks 4-channel noise only), and the 8-channel builtin's UNet call for call (tests/test_onnx_pipeline.py).
 
 ONNX SD pipelines scale latents by SD-1.x's constant 0.18215, while a VAE built here has its own
 `scaling_factor` (1 / std of its latents). The difference is folded into the two VAE graphs, so the

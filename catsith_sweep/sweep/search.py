@@ -83,13 +83,13 @@ class OptunaStudySearcher(Searcher):
 
         tried = {_key(t.params): t.number for t in self.study.get_trials(deepcopy=False)
                  if REPEAT_ATTR not in t.user_attrs and t.params}
-        if not self.skip_repeats or _untried_combinations(self.space, set(tried)) == []:
+        untried = _untried_combinations(self.space, set(tried))  # None: continuous or too large to list
+        if not self.skip_repeats or untried == []:
             return self.study.ask(fixed_distributions=self.space)  # every combination tried: repeat
         for attempt in range(REPEAT_ASKS + 1):
             if attempt == REPEAT_ASKS:
-                untried = _untried_combinations(self.space, set(tried))
                 if not untried:
-                    break  # the space is continuous (or too large to list): let the sampler repeat
+                    break  # nothing to draw from: let the sampler repeat
                 self.study.enqueue_trial(self.rng.choice(untried))
             trial = self.study.ask(fixed_distributions=self.space)
             earlier = tried.get(_key(trial.params))
@@ -97,7 +97,6 @@ class OptunaStudySearcher(Searcher):
                 return trial
             trial.set_user_attr(REPEAT_ATTR, earlier)
             self.study.tell(trial, state=TrialState.FAIL)
-            tried[_key(trial.params)] = earlier
         return self.study.ask(fixed_distributions=self.space)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
