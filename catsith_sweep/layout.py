@@ -46,6 +46,8 @@ TRIAL_FACTS = "trial.json"
 SAMPLES_DIR = "samples"
 """Sample grids: a trial logs them under this artifact folder; a built base keeps its last ones here."""
 SAMPLES_GRID = "samples.png"
+BASE_METRICS_FILE = "metrics.json"
+"""A built base's last held-out evaluation ({step, split, metrics}), beside its `samples/`."""
 
 # --- a base model folder (what `base build --out DIR` writes) ----------------------------------------
 BASE_PIPELINE_DIR = "diffusers"

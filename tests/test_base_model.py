@@ -150,12 +150,16 @@ def test_tiny_base_generates_rgba_sprites(tiny_base: Path) -> None:
 
 
 def test_tiny_base_build_result(tiny_base: Path) -> None:
-    """`base build` leaves a diffusers folder, its resolved config and the last sample grid."""
+    """`base build` leaves a diffusers folder, its resolved config, the last sample grid and that
+    evaluation's held-out metrics."""
     root = tiny_base.parent
     assert (tiny_base / "model_index.json").is_file()
     assert json.loads((tiny_base / "catsith_base.json").read_text())["steps"] == 40
     assert yaml.safe_load((root / "config.yaml").read_text())["trainer"] == "full"
     assert (root / "samples" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["step"] == 40 and metrics["split"] == "held-out"
+    assert metrics["metrics"]["sprite_fid"] > 0
 
 
 def test_tokenizer_is_deterministic_and_whole_word(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from catsith_sweep.config.schema import Experiment, FullSection
-from catsith_sweep.io import file_lock, replace_dir
-from catsith_sweep.layout import EVAL_DIR, EXPORT_DIR, SAMPLES_DIR
+from catsith_sweep.io import atomic_write_json, file_lock, replace_dir
+from catsith_sweep.layout import BASE_METRICS_FILE, EVAL_DIR, EXPORT_DIR, SAMPLES_DIR
 from catsith_sweep.models.base_source import builtin_ready
 from catsith_sweep.models.builtin import builtin_dir, parse_builtin
 from catsith_sweep.progress import Phase, PhasedEta, ProgressLine
@@ -101,7 +101,8 @@ def build_eta(experiment: Experiment, total_steps: int, probed: tuple[float, flo
 def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Experiment | None = None,
                log: Callable[[str], None] = print) -> Path:
     """Train the base and put its folder at `target`, atomically: `diffusers/` (the pipeline),
-    `config.yaml` and `samples/` (the last evaluation's grids). `model.base: <target>` loads it.
+    `config.yaml`, `samples/` (the last evaluation's grids) and `metrics.json` (that evaluation's held-out
+    metrics, to compare builds). `model.base: <target>` loads it.
     Progress (steps, elapsed, ETA from the measured s/step of each phase) goes to stdout."""
     from catsith_sweep.trainers.full import FullTrainer  # torch and diffusers: only when building
 
@@ -117,9 +118,12 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
         eta = build_eta(experiment, trainer.total_steps(), probed)
         with ProgressLine(f"building {experiment.name}", trainer.total_steps(), eta_s=eta.remaining_s(),
                           note=eta.describe()) as bar:
-            run_trial(trainer, experiment, workdir, _build_reporter(eta, bar, log, started), log_every=1)
+            evaluation = run_trial(trainer, experiment, workdir, _build_reporter(eta, bar, log, started),
+                                   log_every=1)
         staging = workdir / "result"
         shutil.copytree(workdir / EXPORT_DIR, staging)
+        atomic_write_json(staging / BASE_METRICS_FILE, {"step": evaluation.step, "split": "held-out",
+                                                        "metrics": evaluation.metrics}, sort_keys=True)
         evals = sorted((workdir / EVAL_DIR).glob("step_*"))
         if evals:
             shutil.copytree(evals[-1], staging / SAMPLES_DIR)
@@ -136,13 +140,13 @@ def _build_reporter(eta: PhasedEta, bar: ProgressLine, log: Callable[[str], None
     def report(r: Report) -> None:
         now = time.monotonic()
         stamp = f"[{now - started:6.0f}s]"
-        if r.final:  # repeats the last evaluation's metrics, adding the exports
-            bar.print(f"{stamp} exported: {', '.join(sorted(r.exports))}")
-        elif r.checkpoint is not None:  # an evaluation and checkpoint after step r.step
+        if r.checkpoint is not None or r.final:  # an evaluation after r.step (the final report: the last)
             if r.step > eta.phases[0].units or len(eta.phases) == 1:
                 eta.pause(now - state["last"])
             shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
             bar.print(f"{stamp} step {r.step}: {shown}")
+            if r.final:
+                bar.print(f"{stamp} exported: {', '.join(sorted(r.exports))}")
         else:
             eta.advance(r.step - state["step"], now - state["last"])
             state["step"] = r.step
