@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from catsith_sweep.export import onnx_pipeline
 from catsith_sweep.export.onnx_pipeline import (
     COMPONENTS,
     export_onnx_pipeline,
     load_onnx_pipeline,
     unet_session_output,
 )
+from catsith_sweep.export.onnx_vae import OnnxExportError
 from catsith_sweep.models import builtin
 from catsith_sweep.models.builtin import build_untrained, to_pipeline
 from catsith_sweep.models.student import build_student
@@ -74,6 +77,26 @@ def test_eight_channel_unet_exports_exactly(tmp_path: Path) -> None:
     got = unet_session_output(export.directory, sample.numpy(), np.array([10.0], np.float32), hidden.numpy())
     assert got.shape == want.shape == (2, 8, 16, 16)
     assert np.abs(got - want).max() < 1e-3
+    # The export checked every graph itself, at a batch size it was not traced at.
+    assert set(export.max_abs_diffs) == set(COMPONENTS)
+    assert all(0 <= diff < 1e-3 for diff in export.max_abs_diffs.values())
+
+
+def test_graph_that_drifts_from_torch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A UNet graph that no longer matches its torch module fails the export-time check; no folder."""
+    parts = _parts(None)
+    export_graph = onnx_pipeline._export_graph
+
+    def export_then_drift(module: Any, args: Any, path: Path, *rest: Any) -> None:
+        export_graph(module, args, path, *rest)
+        if path.parent.name == "unet":  # torch moves on after the graph was written
+            with torch.no_grad():
+                parts.unet.conv_out.bias.add_(0.5)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(onnx_pipeline, "_export_graph", export_then_drift)
+    with pytest.raises(OnnxExportError, match=r"model.onnx: onnxruntime differs from torch by .* at batch size 3"):
+        export_onnx_pipeline(parts, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_export_leaves_the_old_folder(tmp_path: Path) -> None:

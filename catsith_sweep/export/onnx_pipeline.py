@@ -11,9 +11,11 @@ CatSith's ONNX route reads (catsith-formats.md §3) and diffusers' `OnnxStableDi
     tokenizer/  scheduler/    as diffusers saves them
 
 optimum itself does not install beside this project's transformers (it pins transformers < 4.58), so
-the graphs are exported here with torch's exporter and checked by running the whole denoising loop in
-onnxruntime through diffusers' ONNX pipeline for a 4-latent-channel layout (that pipeline draws and
-checks 4-channel noise only), and the 8-channel builtin's UNet call for call (tests/test_onnx_pipeline.py).
+the graphs are exported here with torch's exporter. Each graph is checked at export time against its
+torch module in onnxruntime at a batch size other than the traced one (`check_onnx_against_torch`; a
+difference beyond `PIPELINE_TOLERANCE` is an OnnxExportError and no folder is left). The tests also run
+the whole denoising loop in onnxruntime through diffusers' ONNX pipeline for a 4-latent-channel layout
+(that pipeline draws and checks 4-channel noise only) (tests/test_onnx_pipeline.py).
 
 ONNX SD pipelines scale latents by SD-1.x's constant 0.18215, while a VAE built here has its own
 `scaling_factor` (1 / std of its latents). The difference is folded into the two VAE graphs, so the
@@ -37,14 +39,20 @@ ONNX_SD_SCALING = 0.18215  # what ONNX SD pipelines (diffusers, optimum) multipl
 OPSET_VERSION = 17
 MODEL_FILE = "model.onnx"
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+TRACE_BATCH, CHECK_BATCH = 2, 3  # traced at one batch size, checked at another: a baked-in batch shows
+PIPELINE_TOLERANCE = 1e-3
+"""Max abs difference allowed between onnxruntime and torch per graph. Looser than the SpriteVAE's 1e-4:
+an SD-sized UNet or text encoder in float32 differs by ~1e-4 from reordered sums alone."""
 
 
 @dataclass(frozen=True)
 class OnnxPipelineExport:
-    """Where the folder is, and each graph's file."""
+    """Where the folder is, each graph's file, and each graph's max abs difference from torch (checked
+    at export time at another batch size)."""
 
     directory: Path
     files: dict[str, Path]
+    max_abs_diffs: dict[str, float]
 
 
 def _wrappers(parts: Any) -> dict[str, Any]:
@@ -92,8 +100,13 @@ def _wrappers(parts: Any) -> dict[str, Any]:
             "vae_decoder": VaeDecoder()}
 
 
-def _examples(parts: Any, resolution: int) -> dict[str, tuple[tuple[Any, ...], list[str], list[str], dict]]:
+def _examples(parts: Any, resolution: int, batch_size: int = TRACE_BATCH
+              ) -> dict[str, tuple[tuple[Any, ...], list[str], list[str], dict]]:
+    """Per graph: example inputs (`batch_size` rows, seeded), input and output names, dynamic axes."""
     import torch
+
+    gen = torch.Generator().manual_seed(batch_size)
+    n = batch_size
 
     tokens = int(parts.tokenizer.model_max_length)
     channels = int(parts.vae.config.in_channels)
@@ -103,15 +116,16 @@ def _examples(parts: Any, resolution: int) -> dict[str, tuple[tuple[Any, ...], l
     hidden = int(parts.text_encoder.config.hidden_size)
     batch = {0: "batch"}
     return {
-        "text_encoder": ((torch.zeros(2, tokens, dtype=torch.int32),), ["input_ids"],
+        "text_encoder": ((torch.randint(0, int(parts.tokenizer.vocab_size), (n, tokens), generator=gen,
+                                        dtype=torch.int32),), ["input_ids"],
                          ["last_hidden_state", "pooler_output"],
                          {"input_ids": batch, "last_hidden_state": batch, "pooler_output": batch}),
-        "unet": ((torch.randn(2, latent_channels, side, side), torch.tensor([10.0]),
-                  torch.randn(2, tokens, hidden)), ["sample", "timestep", "encoder_hidden_states"],
+        "unet": ((torch.randn(n, latent_channels, side, side, generator=gen), torch.tensor([10.0]),
+                  torch.randn(n, tokens, hidden, generator=gen)), ["sample", "timestep", "encoder_hidden_states"],
                  ["out_sample"], {"sample": batch, "encoder_hidden_states": batch, "out_sample": batch}),
-        "vae_encoder": ((torch.rand(2, channels, resolution, resolution) * 2 - 1,), ["sample"],
+        "vae_encoder": ((torch.rand(n, channels, resolution, resolution, generator=gen) * 2 - 1,), ["sample"],
                         ["latent_sample"], {"sample": batch, "latent_sample": batch}),
-        "vae_decoder": ((torch.randn(2, latent_channels, side, side),), ["latent_sample"], ["sample"],
+        "vae_decoder": ((torch.randn(n, latent_channels, side, side, generator=gen),), ["latent_sample"], ["sample"],
                         {"latent_sample": batch, "sample": batch}),
     }
 
@@ -151,16 +165,22 @@ def _diffusers_version() -> str:
     return str(diffusers.__version__)
 
 
-def _write_folder(parts: Any, staging: Path, resolution: int) -> dict[str, Path]:
+def _write_folder(parts: Any, staging: Path, resolution: int) -> tuple[dict[str, Path], dict[str, float]]:
     import torch
 
+    from catsith_sweep.export.onnx_vae import check_onnx_against_torch
+
     files: dict[str, Path] = {}
+    diffs: dict[str, float] = {}
     wrappers, examples = _wrappers(parts), _examples(parts, resolution)
+    checks = _examples(parts, resolution, CHECK_BATCH)
     with torch.no_grad():
         for name in COMPONENTS:
             args, inputs, outputs, axes = examples[name]
             files[name] = staging / name / MODEL_FILE
             _export_graph(wrappers[name], args, files[name], inputs, outputs, axes)
+            diffs[name] = check_onnx_against_torch(wrappers[name], files[name], checks[name][0],
+                                                   tolerance=PIPELINE_TOLERANCE)
     _write_json(staging / "unet" / "config.json", dict(parts.unet.config))
     _write_json(staging / "text_encoder" / "config.json", parts.text_encoder.config.to_dict())
     vae_config = {**dict(parts.vae.config), "scaling_factor": ONNX_SD_SCALING,
@@ -170,18 +190,20 @@ def _write_folder(parts: Any, staging: Path, resolution: int) -> dict[str, Path]
     parts.tokenizer.save_pretrained(staging / "tokenizer")
     parts.scheduler.save_pretrained(staging / "scheduler")
     _write_json(staging / "model_index.json", _model_index())
-    return files
+    return files, diffs
 
 
 def export_onnx_pipeline(parts: Any, out_dir: str | Path, *, resolution: int = 64) -> OnnxPipelineExport:
     """Write `parts` (a `DiffusionParts`: tokenizer, text encoder, UNet, VAE, scheduler) to `out_dir` in
-    the optimum/CatSith ONNX layout. The folder is written beside `out_dir` and renamed into place, so a
+    the optimum/CatSith ONNX layout, each graph checked against torch in onnxruntime (OnnxExportError
+    beyond `PIPELINE_TOLERANCE`). The folder is written beside `out_dir` and renamed into place, so a
     failed export leaves any earlier folder whole."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(target) as staging:
-        files = {name: path.relative_to(staging) for name, path in _write_folder(parts, staging, resolution).items()}
-    return OnnxPipelineExport(target, {k: target / v for k, v in files.items()})
+        written, diffs = _write_folder(parts, staging, resolution)
+        files = {name: path.relative_to(staging) for name, path in written.items()}
+    return OnnxPipelineExport(target, {k: target / v for k, v in files.items()}, diffs)
 
 
 def load_onnx_pipeline(directory: str | Path) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,34 +71,46 @@ def _export(
 
 @torch.no_grad()
 def check_onnx_against_torch(
-    module: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *, tolerance: float = DEFAULT_TOLERANCE
+    module: nn.Module,
+    onnx_path: str | Path,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> float:
     """Max abs difference over all outputs between onnxruntime (CPU) and `module` on `inputs`.
 
-    Raises OnnxExportError when it exceeds `tolerance` (or is NaN) or the output counts differ. The
-    module is evaluated in eval mode (its previous mode is restored); outputs are matched by position.
-    Use a batch size different from the traced one: a batch size baked into the graph shows only there.
+    `inputs`: one tensor, or one per graph input in the graph's input order (`module(*inputs)` in
+    torch). Raises OnnxExportError when the difference exceeds `tolerance` (or is NaN) or the input or
+    output counts differ. The module is evaluated in eval mode (its previous mode is restored); outputs
+    are matched by position. Use a batch size different from the traced one: a batch size baked into
+    the graph shows only there.
     """
+    args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: inputs.detach().cpu().float().numpy()}
+    names = [graph_input.name for graph_input in session.get_inputs()]
+    if len(names) != len(args):
+        raise OnnxExportError(f"{onnx_path}: the graph takes {len(names)} inputs {names}, got {len(args)}")
+    feed = {name: (a.float() if a.is_floating_point() else a).detach().cpu().numpy()
+            for name, a in zip(names, args, strict=True)}
     ort_outputs = session.run(None, feed)
     was_training = module.training
     module.eval()
     try:
-        torch_out = module(inputs.to(next(module.parameters()).device))
+        device = next(module.parameters()).device
+        torch_out = module(*(a.to(device) for a in args))
     finally:
         module.train(was_training)
     torch_outputs = list(torch_out) if isinstance(torch_out, tuple | list) else [torch_out]
     if len(torch_outputs) != len(ort_outputs):
         raise OnnxExportError(f"{onnx_path}: {len(ort_outputs)} ONNX outputs vs {len(torch_outputs)} in torch")
     diff = max(
-        float(np.max(np.abs(o - t.detach().cpu().numpy()))) if o.size else 0.0
+        float(np.max(np.abs(o - t.detach().float().cpu().numpy()))) if o.size else 0.0
         for o, t in zip(ort_outputs, torch_outputs, strict=True)
     )
     if not diff <= tolerance:  # also catches NaN
         raise OnnxExportError(
             f"{Path(onnx_path).name}: onnxruntime differs from torch by {diff:.3g} (tolerance "
-            f"{tolerance:.3g}) at batch size {inputs.shape[0]}"
+            f"{tolerance:.3g}) at batch size {args[0].shape[0]}"
         )
     return diff
 
