@@ -120,3 +120,14 @@ def test_leaderboard_command_marks_ties_from_the_parent_runs_noise_floor(store: 
     assert TIE_MARK in lines["b"].split("│")[2]
     assert lines["c"].split("│")[2].strip() == ""
     assert "within 2 noise floors (0.4) of the best fid" in " ".join(out.split())
+
+
+def test_unranked_trials_follow_the_ranked_ones_best_first() -> None:
+    """Stopped and failed trials come after the ranked ones, ordered by their last value, then those with
+    none: the top rows of a sweep where most trials stopped early show the closest contenders."""
+    from catsith_sweep.sweep.summary import ordered
+
+    rows = [*ROWS, _row("g", 7.0, Outcome.STOPPED_EARLY), _row("h", 4.0, Outcome.STOPPED_EARLY)]
+    shown = [(position, row.trial) for position, row in ordered(rows, "fid", "min")]
+    assert shown == [(1, "a"), (2, "b"), (3, "c"), (None, "h"), (None, "f"), (None, "d"), (None, "g"), (None, "e")]
+    assert [row.trial for _, row in ordered(rows, "fid", "max")][3:] == ["g", "d", "f", "h", "e"]

@@ -71,9 +71,13 @@ def ray_only_failures(results: Any, known: set[str]) -> list[TrialRow]:
 
 
 def ordered(rows: list[TrialRow], metric: str, mode: str) -> list[tuple[int | None, TrialRow]]:
-    """(rank, row) for the ranked trials best first, then (None, row) for every other trial."""
+    """(rank, row) for the ranked trials best first, then (None, row) for every other trial: those with a
+    value (stopped early, still running) best first, then those without, in their given order."""
     ranked = rank(rows, metric, mode)
-    return [*enumerate(ranked, start=1), *[(None, r) for r in rows if r not in ranked]]
+    others = [r for r in rows if r not in ranked]
+    scored = sorted((r for r in others if r.value(metric) is not None), key=lambda r: r.value(metric) or 0.0,
+                    reverse=(mode == "max"))
+    return [*enumerate(ranked, start=1), *[(None, r) for r in [*scored, *(r for r in others if r not in scored)]]]
 
 
 def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_floor: float | None = None) -> str:
