@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -203,3 +204,18 @@ def test_learning_rate_schedules() -> None:
     assert restarts(0) == 1.0 and restarts(300) == pytest.approx(0.5)
     assert restarts(599) < 1e-4 and restarts(600) == D.RESTART_PEAK and restarts(900) == D.RESTART_PEAK
     assert restarts(750) == pytest.approx(D.RESTART_PEAK / 2) and restarts(1200) == pytest.approx(0.0)
+
+
+def test_captions_past_the_token_limit_are_counted_once_not_warned_per_call(
+        tiny_base: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Captions longer than the text encoder's context lose their tail: a run param says how many, and
+    sampling does not repeat diffusers' truncation warning on every batch."""
+    parts = load_parts(tiny_base)
+    limit = int(parts.tokenizer.model_max_length)
+    long_caption = " ".join(["red"] * (limit + 5))
+    assert D.caption_overflow_params(parts.tokenizer, PROMPTS) == {}
+    assert D.caption_overflow_params(parts.tokenizer, [*PROMPTS, long_caption]) == {
+        D.CAPTIONS_OVER_LIMIT_PARAM: f"1 of {len(PROMPTS) + 1} (limit {limit} tokens, longest {limit + 7})"}
+    with caplog.at_level(logging.WARNING):
+        D.generate(parts, [long_caption], [0], steps=2, guidance_scale=4.0, device=torch.device("cpu"))
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]

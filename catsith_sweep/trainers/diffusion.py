@@ -4,7 +4,10 @@ caption tokens, the noise-prediction loss, the learning-rate schedule, sampling 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,33 @@ def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -
     ids = parts.tokenizer(captions, padding="max_length", truncation=True,
                           max_length=parts.tokenizer.model_max_length, return_tensors="pt").input_ids
     return ids.to(device)
+
+
+CAPTIONS_OVER_LIMIT_PARAM = "captions.over_token_limit"
+# diffusers' SD pipeline warns on every call whose prompts are cut; one run param says it once instead.
+_PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion"
+
+
+def caption_overflow_params(tokenizer: Any, captions: Sequence[str]) -> dict[str, str]:
+    """{`captions.over_token_limit`: "N of M (limit L tokens, longest K)"} when some captions are longer
+    than the text encoder's context (training and sampling cut their tails); {} when none is."""
+    limit = int(tokenizer.model_max_length)
+    lengths = [len(ids) for ids in tokenizer(list(captions), verbose=False).input_ids]
+    over = sum(n > limit for n in lengths)
+    if not over:
+        return {}
+    return {CAPTIONS_OVER_LIMIT_PARAM: f"{over} of {len(lengths)} (limit {limit} tokens, longest {max(lengths)})"}
+
+
+@contextlib.contextmanager
+def _quiet_prompt_truncation() -> Iterator[None]:
+    pipeline_logger = logging.getLogger(_PIPELINE_LOGGER)
+    level = pipeline_logger.level
+    pipeline_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pipeline_logger.setLevel(level)
 
 
 def embed(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
@@ -128,8 +158,9 @@ def generate(parts: DiffusionParts, prompts: list[str], seeds: list[int], *, ste
     images = []
     for start in range(0, len(pairs), 32):
         chunk = pairs[start:start + 32]
-        result = pipe([p for p, _ in chunk], generator=generators[start:start + 32],
-                      num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent")
+        with _quiet_prompt_truncation():  # cut prompts are counted once (caption_overflow_params)
+            result = pipe([p for p, _ in chunk], generator=generators[start:start + 32],
+                          num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent")
         latents = result.images / parts.vae.config.scaling_factor
         images.append(from_vae_pixels(parts.vae.decode(latents.to(parts.vae.dtype)).sample.float()))
     return torch.cat(images).cpu()

@@ -135,7 +135,7 @@ class DistillTrainer:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
 
     def run_params(self) -> dict[str, str]:
-        return split_params(self.split)
+        return {**split_params(self.split), **D.caption_overflow_params(self.teacher.tokenizer, self.dataset.captions)}
 
     # ---- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:

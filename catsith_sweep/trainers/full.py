@@ -83,7 +83,7 @@ class FullTrainer:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
 
     def run_params(self) -> dict[str, str]:
-        return split_params(self.split)
+        return {**split_params(self.split), **D.caption_overflow_params(self.parts.tokenizer, self.dataset.captions)}
 
     def _batch(self, size: int) -> torch.Tensor:
         return torch.randint(0, len(self.images), (size,), generator=self.rt.generator)

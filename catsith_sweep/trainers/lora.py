@@ -112,7 +112,7 @@ class LoraTrainer:
         return budget_steps(self.exp, lambda: self.batches_per_epoch(self.exp, self.dataset))
 
     def run_params(self) -> dict[str, str]:
-        return split_params(self.split)
+        return {**split_params(self.split), **D.caption_overflow_params(self.parts.tokenizer, self.dataset.captions)}
 
     # ---- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
