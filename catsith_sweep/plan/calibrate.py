@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 ML_STACK = ("torch", "transformers", "diffusers", "peft", "torchmetrics")
 CAP_SECONDS = 60.0
 CAP_SHARE = 0.02  # of the predicted sweep time
+MIN_TIMED_STEPS = 6
+"""Steps always timed one by one (their median is s/step). A CPU step of the builtin varies 0.19-0.32 s
+from one to the next; the 2 steps timed before read 0.298 s for a sweep whose steps took ~0.23 s, and
+the plan over-predicted it by 20% per trial."""
 
 
 @dataclass
@@ -110,7 +115,7 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
               log: Callable[[str], None] = print) -> Calibration:
     """Measure `experiment`'s trainer. `estimate(cal)` predicts the sweep's seconds from a rough
     calibration; the cap is min(60 s, 2% of it), and whatever of the cap is left after the minimum
-    (setup, 3 steps, the evaluations) buys more timed steps."""
+    (setup, 1 + MIN_TIMED_STEPS steps, the evaluations) buys more timed steps."""
     from catsith_sweep.trainers import make_trainer, prepare
 
     check_base_ready(experiment, source)
@@ -125,19 +130,20 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
         total = trial_step_budget(trainer)
         noop = lambda step, metrics: None  # noqa: E731
         _timed(lambda: trainer.train(1, noop))  # warm-up: first-call allocations
-        step_s = _timed(lambda: trainer.train(2, noop)) / 2
+        step_s = statistics.median(_timed(lambda: trainer.train(1, noop)) for _ in range(MIN_TIMED_STEPS))
         eval_s, eval_method, first_eval_s, warmup_extra_s = _evaluations(trainer, exp, work)
         save_s = _timed(lambda: trainer.save(work / "checkpoint"))
         cal = Calibration(device=_device_name(exp), total_steps=total, imports_s=imports_s, setup_s=setup_s,
-                          step_s=step_s, steps_timed=2, eval_s=eval_s, eval_method=eval_method,
+                          step_s=step_s, steps_timed=MIN_TIMED_STEPS, eval_s=eval_s, eval_method=eval_method,
                           first_eval_s=first_eval_s, save_s=save_s, export_s=0.0, prepare_s=prepare_s)
         cal.cap_s = min(CAP_SECONDS, CAP_SHARE * estimate(cal))
         cal.cache_work_s = warmup_extra_s
         left = cal.cap_s - (time.perf_counter() - started - cal.cache_work_s)
-        extra = max(0, min(200, int(left * 0.7 / max(step_s, 1e-6)), total - 3))
-        if extra >= 2:
-            cal.step_s = (_timed(lambda: trainer.train(extra, noop)) + 2 * step_s) / (extra + 2)
-            cal.steps_timed = extra + 2
+        extra = max(0, min(200, int(left * 0.7 / max(step_s, 1e-6)), total - 1 - MIN_TIMED_STEPS))
+        if extra >= MIN_TIMED_STEPS:  # enough for a mean as steady as the median above
+            timed = extra + MIN_TIMED_STEPS
+            cal.step_s = (_timed(lambda: trainer.train(extra, noop)) + MIN_TIMED_STEPS * step_s) / timed
+            cal.steps_timed = timed
         cal.export_s = _timed(lambda: trainer.export(work / "export"))
         cal.calibration_s = time.perf_counter() - started - cal.cache_work_s
     cal.notes += phase_notes(exp)
@@ -146,7 +152,8 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
                      "seconds (and so the prediction) hold for a machine this busy")
     if cal.calibration_s > cal.cap_s:
         cal.notes.append(f"calibration took {cal.calibration_s:.1f} s, over its cap of {cal.cap_s:.1f} s: its "
-                         f"minimum (setup {setup_s:.1f} s, 3 steps, the evaluations) costs that much here")
+                         f"minimum (setup {setup_s:.1f} s, {1 + MIN_TIMED_STEPS} steps, the evaluations) costs that "
+                         "much here")
     return cal
 
 

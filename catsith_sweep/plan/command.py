@@ -91,11 +91,17 @@ def print_plan_block(loaded: Any, *, gpus: list[str] | None = None, prices_path:
     return cal, pred
 
 
+def _step_method(timed: int) -> str:
+    from catsith_sweep.plan.calibrate import MIN_TIMED_STEPS
+
+    return f"median of {timed} steps" if timed <= MIN_TIMED_STEPS else f"mean of {timed} steps"
+
+
 def _measured_table(cal: Calibration) -> Table:
     table = Table(title=f"measured on {cal.device} (calibration {cal.calibration_s:.1f} s, cap {cal.cap_s:.1f} s)",
                   show_header=False)
     rows = [
-        ("s/step", f"{cal.step_s:.4f} (mean of {cal.steps_timed} steps after a warm-up step)"),
+        ("s/step", f"{cal.step_s:.4f} ({_step_method(cal.steps_timed)} after a warm-up step)"),
         ("s/eval", f"{cal.eval_s:.2f} ({cal.eval_method})"),
         ("first evaluation", f"{cal.first_eval_s:.2f} s (warm-up; {cal.cache_work_s:.1f} s of it one-time cache "
                              "work such as the dataset's sprite feature net, not counted in the calibration)"),
