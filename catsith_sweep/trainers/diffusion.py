@@ -28,8 +28,10 @@ def tokenize(parts: DiffusionParts, captions: list[str], device: torch.device) -
 
 
 CAPTIONS_OVER_LIMIT_PARAM = "captions.over_token_limit"
-# diffusers' SD pipeline warns on every call whose prompts are cut; one run param says it once instead.
-_PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion"
+# diffusers' SD pipeline warns on every call whose prompts are cut, and transformers once per tokenizer
+# when it measures them; one run param says it once instead.
+_TRUNCATION_LOGGERS = ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                       "transformers.tokenization_utils_base")
 
 
 def caption_overflow_params(tokenizer: Any, captions: Sequence[str]) -> dict[str, str]:
@@ -45,13 +47,15 @@ def caption_overflow_params(tokenizer: Any, captions: Sequence[str]) -> dict[str
 
 @contextlib.contextmanager
 def _quiet_prompt_truncation() -> Iterator[None]:
-    pipeline_logger = logging.getLogger(_PIPELINE_LOGGER)
-    level = pipeline_logger.level
-    pipeline_logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in _TRUNCATION_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        pipeline_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def embed(parts: DiffusionParts, captions: list[str], device: torch.device) -> torch.Tensor:
