@@ -146,7 +146,13 @@ class OptunaStudySearcher(Searcher):
 
 
 def _key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+    return tuple(sorted((name, _canonical(value)) for name, value in params.items()))
+
+
+def _canonical(value: Any) -> str:
+    """A value as a key: floats to 12 significant digits, so a stepped float Optuna sampled (0.7) and
+    the same grid point listed as low + i * step (0.7000000000000001) are one combination."""
+    return repr(float(f"{value:.12g}")) if isinstance(value, float) else repr(value)
 
 
 def _finite_values(space: dict[str, Any]) -> dict[str, list[Any]] | None:
