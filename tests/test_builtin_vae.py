@@ -57,6 +57,17 @@ def test_edge_term_sees_a_blurred_outline_that_the_colour_term_barely_does() -> 
     assert with_edges > plain * 1.2
 
 
+def test_alpha_weight_scales_only_the_alpha_term() -> None:
+    target = _sprites() * 2 - 1
+    off_alpha, off_colour = target.clone(), target.clone()
+    off_alpha[:, 3] = target[:, 3] - 0.2  # every pixel's alpha off by 0.1 in [0, 1]
+    off_colour[:, :3] += 0.2 * (target[:, 3:] > 0)
+    alpha_error = float(sprite_reconstruction_loss(off_alpha, target))
+    assert float(sprite_reconstruction_loss(off_alpha, target, alpha_weight=3.0)) == pytest.approx(3 * alpha_error)
+    assert float(sprite_reconstruction_loss(off_colour, target, alpha_weight=3.0)) == pytest.approx(
+        float(sprite_reconstruction_loss(off_colour, target)))
+
+
 def test_opponent_chroma_axes() -> None:
     rgb = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5]])[:, :, None, None]
     chroma = opponent_chroma(rgb)[:, :, 0, 0]

@@ -234,6 +234,9 @@ class FullSection(Section):
     vae_chroma_weight: float = Field(0.0, ge=0)
     """With `vae_loss: sprite`, weight of an extra L1 on the red-green and yellow-blue chroma of opaque
     pixels, so a small latent keeps every hue instead of spending itself on edges (0: off)."""
+    vae_alpha_weight: float = Field(1.0, ge=0)
+    """With `vae_loss: sprite`, weight of its L1 on alpha (1: the builtin's). Higher trades colour for
+    crisper edges and transparency."""
     vae_lr_scheduler: Literal["constant", "cosine", "cosine_restarts"] = "cosine"
     """Learning-rate schedule of the VAE phase, over its `vae_steps` (no warm-up). `cosine_restarts`:
     a cosine over the first half, then two over a quarter each from half the rate."""

@@ -66,7 +66,7 @@ def load_base(base: str, cache_dir: Path | None, revision: str | None = None) ->
     if not builtin_ready(base, cache_dir):
         raise ModelSourceError(
             f"model.base: {base!r} is not built yet (no {Path(location) / MODEL_INDEX}); build it with "
-            "`python -m catsith_sweep base build` (about 12 minutes on 2 CPUs), or let `run` build it "
+            "`python -m catsith_sweep base build` (about 18 minutes on 2 CPUs), or let `run` build it "
             "once before its trials")
     if isinstance(location, str) and not hub_reachable():
         try:

@@ -35,7 +35,7 @@ def opponent_chroma(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def sprite_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, *, edge_weight: float = 0.0,
-                               chroma_weight: float = 0.0) -> torch.Tensor:
+                               chroma_weight: float = 0.0, alpha_weight: float = 1.0) -> torch.Tensor:
     """Loss of an RGBA reconstruction; both N x 4 x H x W in the VAE's [-1, 1] range."""
     if recon.shape != target.shape or recon.ndim != 4 or recon.shape[1] != 4:
         raise ValueError(f"expected two N x 4 x H x W RGBA tensors of one shape, got {tuple(recon.shape)} "
@@ -44,7 +44,7 @@ def sprite_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, *, edg
     weight = target01[:, 3:] + TRANSPARENT_RGB_WEIGHT
     rgb = ((recon01[:, :3] - target01[:, :3]).abs() * weight).sum() / (weight.sum() * 3)
     alpha = (recon01[:, 3] - target01[:, 3]).abs().mean()
-    loss = rgb + alpha
+    loss = rgb + alpha_weight * alpha
     if chroma_weight:
         chroma = (opponent_chroma(recon01[:, :3]) - opponent_chroma(target01[:, :3])).abs() * weight
         loss = loss + chroma_weight * chroma.sum() / (weight.sum() * 2)
@@ -97,13 +97,13 @@ def random_square_symmetry(images: torch.Tensor, generator: torch.Generator) -> 
 
 
 def reconstruction_loss(kind: str, recon: torch.Tensor, target: torch.Tensor, *,
-                        chroma_weight: float = 0.0) -> torch.Tensor:
+                        chroma_weight: float = 0.0, alpha_weight: float = 1.0) -> torch.Tensor:
     """`sprite` (sprite_reconstruction_loss with `chroma_weight`; RGBA only) or `mse` (plain MSE, what
     bases before BUILTIN_VERSION 2 were built with); both take tensors in the VAE's [-1, 1] range."""
     if kind == "mse" or target.shape[1] != 4:  # an RGB VAE has no alpha to weight by
         return torch.nn.functional.mse_loss(recon, target)
     if kind == "sprite":
-        return sprite_reconstruction_loss(recon, target, chroma_weight=chroma_weight)
+        return sprite_reconstruction_loss(recon, target, chroma_weight=chroma_weight, alpha_weight=alpha_weight)
     raise ValueError(f"VAE loss {kind!r}: expected 'sprite' or 'mse'")
 
 

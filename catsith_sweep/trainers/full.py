@@ -96,7 +96,8 @@ class FullTrainer:
         with autocast(self.rt):
             posterior = vae.encode(pixels).latent_dist
             recon = vae.decode(posterior.sample(generator=None)).sample
-        rec = reconstruction_loss(self.cfg.vae_loss, recon.float(), pixels, chroma_weight=self.cfg.vae_chroma_weight)
+        rec = reconstruction_loss(self.cfg.vae_loss, recon.float(), pixels, chroma_weight=self.cfg.vae_chroma_weight,
+                                  alpha_weight=self.cfg.vae_alpha_weight)
         kl = posterior.kl().float().mean()
         return rec + self.cfg.vae_kl_weight * kl, {"vae_recon": rec.item(), "vae_kl": kl.item()}
 
