@@ -62,6 +62,8 @@ def evaluation_steps(total_steps: int, every_n_steps: int) -> list[int]:
 
 PROBE_STEPS = 2
 """Steps of each phase timed before the build (after a warm-up step each), for the first ETA."""
+TRAINING_FIGURES = ("loss", "lr", "vae_kl", "vae_recon")
+"""What the full trainer's `train` reports beside an evaluation (the last step's), kept out of metrics.json."""
 
 
 def probe_rates(trainer: Any, experiment: Experiment) -> tuple[float, float | None]:
@@ -122,8 +124,9 @@ def build_base(target: Path, *, cache_dir: Path | None = None, experiment: Exper
                                    log_every=1)
         staging = workdir / "result"
         shutil.copytree(workdir / EXPORT_DIR, staging)
+        held_out = {k: v for k, v in evaluation.metrics.items() if k not in TRAINING_FIGURES}
         atomic_write_json(staging / BASE_METRICS_FILE, {"step": evaluation.step, "split": "held-out",
-                                                        "metrics": evaluation.metrics}, sort_keys=True)
+                                                        "metrics": held_out}, sort_keys=True)
         evals = sorted((workdir / EVAL_DIR).glob("step_*"))
         if evals:
             shutil.copytree(evals[-1], staging / SAMPLES_DIR)
