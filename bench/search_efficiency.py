@@ -7,7 +7,9 @@ split, trial seed (`train.seed`) and evaluation:
    random order), `scheduler: none`, every trial the whole step budget. It evaluates once, at the end:
    intermediate evaluations would only cost a grid time.
 2. asha: `sampler: tpe` over the same choices (categorical: the same candidates, so the grid's best is
-   reachable), `scheduler: asha` (grace period 1, reduction factor 3: rungs after evaluations 1 and 3),
+   reachable), `scheduler: asha` (grace period 2, reduction factor 3: one rung, after evaluation 2 of 4;
+   at grace period 1 the v2 base's best combination looked worst after a quarter of its budget and was
+   stopped in every sweep, bench/README.md),
    evaluations every quarter of the budget; as many trials as the grid
    (`--trials` to change), once per `--search-seeds` seed.
 
@@ -329,7 +331,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=None, help="ASHA sweep's trials (default: the grid's size)")
     parser.add_argument("--search-seeds", type=lambda s: numbers(int, s), default=[0],
                         help="one ASHA + TPE sweep per seed (search.seed), e.g. 0,1,2")
-    parser.add_argument("--grace-period", type=int, default=1)
+    parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2, help="max_concurrent_trials of both sweeps")
     parser.add_argument("--tolerance", type=float, default=0.05, help="the target: within this fraction of "
