@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,12 +183,32 @@ def cmd_ui(args: argparse.Namespace) -> int:
             out.print(f"  {escape(name)}: {base}/#/experiments/{experiment_id}/runs")
     process = subprocess.Popen(command, start_new_session=True,
                                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    # Ctrl-C and `kill` stop the server too, not just this wrapper; SIGINT even when this process was
+    # started with it ignored (a shell's background job, a CI runner), as the stop the docs promise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+        _stop_process_group(process)
         return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_process_group(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after `grace_seconds`. The server runs in
+    its own session (Ctrl-C reaches this wrapper only), and its workers hold this terminal's output: one
+    that ignores SIGTERM would keep a pipe reading our output open forever (seen under load in CI)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    with contextlib.suppress(ProcessLookupError):  # workers outliving the server, or a server that hung
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
