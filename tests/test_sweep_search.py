@@ -133,7 +133,7 @@ def test_repeat_skipping_survives_save_and_restore(tmp_path) -> None:
 def test_a_stepped_float_space_is_exhausted_when_every_grid_point_was_tried() -> None:
     """Optuna samples 0.1..0.7 step 0.1 as 0.7; the grid lists 0.1 + 6 * 0.1 = 0.7000000000000001.
     Both are one combination, so after all 7 the space counts as exhausted (not 1 untried left)."""
-    from catsith_sweep.sweep.search import _key, _untried_combinations
+    from catsith_sweep.sweep.search import _finite_values, _key, _untried_combinations
 
     space = {"x": FloatDistribution(0.1, 0.7, step=0.1)}
     searcher = OptunaStudySearcher(space=space, metric="fid", mode="min",
@@ -143,4 +143,5 @@ def test_a_stepped_float_space_is_exhausted_when_every_grid_point_was_tried() ->
         seen.append(searcher.suggest(f"t{i}")["x"])
         searcher.on_trial_complete(f"t{i}", _report(searcher, f"t{i}", [float(i)], finished=True))
     assert sorted(round(x, 9) for x in seen) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    assert _untried_combinations(space, {_key({"x": x}) for x in seen}) == []
+    values = _finite_values(space)
+    assert values is not None and _untried_combinations(values, {_key({"x": x}) for x in seen}) == []

@@ -200,8 +200,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _stop_process_group(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL what is left after `grace_seconds`. The server runs in
-    its own session (Ctrl-C reaches this wrapper only), and its workers hold this terminal's output: one
-    that ignores SIGTERM would keep a pipe reading our output open forever (seen under load in CI)."""
+    its own session (Ctrl-C reaches this wrapper only), and its workers (uvicorn, MLflow's job runner and
+    huey consumers) hold this terminal's output: one that outlived the server would keep a pipe reading
+    our output open forever."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

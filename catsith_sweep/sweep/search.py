@@ -83,11 +83,13 @@ class OptunaStudySearcher(Searcher):
 
         tried = {_key(t.params): t.number for t in self.study.get_trials(deepcopy=False)
                  if REPEAT_ATTR not in t.user_attrs and t.params}
-        untried = _untried_combinations(self.space, set(tried))  # None: continuous or too large to list
-        if not self.skip_repeats or untried == []:
+        values = _finite_values(self.space)  # None: a continuous range
+        size = None if values is None else math.prod(len(v) for v in values.values())
+        if not self.skip_repeats or (size is not None and len(tried) >= size):
             return self.study.ask(fixed_distributions=self.space)  # every combination tried: repeat
         for attempt in range(REPEAT_ASKS + 1):
-            if attempt == REPEAT_ASKS:
+            if attempt == REPEAT_ASKS:  # the sampler keeps repeating: list what is left only now
+                untried = _untried_combinations(values, set(tried)) if values is not None else None
                 if not untried:
                     break  # nothing to draw from: let the sampler repeat
                 self.study.enqueue_trial(self.rng.choice(untried))
@@ -173,11 +175,10 @@ def _finite_values(space: dict[str, Any]) -> dict[str, list[Any]] | None:
     return values
 
 
-def _untried_combinations(space: dict[str, Any], tried: set[tuple]) -> list[dict[str, Any]] | None:
-    """The combinations of a finite space's values not in `tried`; None when the space is not finite
-    (a continuous range) or too large to list."""
-    values = _finite_values(space)
-    if values is None or math.prod(len(v) for v in values.values()) > MAX_ENUMERATED:
+def _untried_combinations(values: dict[str, list[Any]], tried: set[tuple]) -> list[dict[str, Any]] | None:
+    """The combinations of a finite space's `values` (`_finite_values`) not in `tried`; None when the
+    space is too large to list."""
+    if math.prod(len(v) for v in values.values()) > MAX_ENUMERATED:
         return None  # a space this large rarely repeats; not worth listing
     names = sorted(values)
     combos = (dict(zip(names, combo, strict=True)) for combo in itertools.product(*(values[n] for n in names)))

@@ -74,10 +74,10 @@ def ordered(rows: list[TrialRow], metric: str, mode: str) -> list[tuple[int | No
     """(rank, row) for the ranked trials best first, then (None, row) for every other trial: those with a
     value (stopped early, still running) best first, then those without, in their given order."""
     ranked = rank(rows, metric, mode)
-    others = [r for r in rows if r not in ranked]
-    scored = sorted((r for r in others if r.value(metric) is not None), key=lambda r: r.value(metric) or 0.0,
-                    reverse=(mode == "max"))
-    return [*enumerate(ranked, start=1), *[(None, r) for r in [*scored, *(r for r in others if r not in scored)]]]
+    sign = -1.0 if mode == "max" else 1.0
+    others = sorted((r for r in rows if r not in ranked),  # stable: valueless rows keep their order
+                    key=lambda r: (r.value(metric) is None, sign * (r.value(metric) or 0.0)))
+    return [*enumerate(ranked, start=1), *[(None, r) for r in others]]
 
 
 def leaderboard_markdown(rows: list[TrialRow], metric: str, mode: str, *, noise_floor: float | None = None) -> str:
