@@ -3,12 +3,14 @@ formula, and one real `plan` run on the tiny test base."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 
 from catsith_sweep.errors import UserInputError
+from catsith_sweep.plan.calibrate import Calibration, EvalTimings, full_evaluation, step_spread, step_spread_note
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
 from catsith_sweep.plan.predict import TRACKING_SHARE, Measured, SweepShape, predict
 from catsith_sweep.plan.schedule import (
@@ -104,6 +106,44 @@ def test_predict_totals_add_up() -> None:
     # 4 threads wanted on 2 cores: each trial twice as slow
     slow = predict(m, SweepShape(**{**shape.__dict__, "threads_per_trial": 2}))
     assert slow.contention == 2.0 and slow.trial_full_s > 1.9 * pred.trial_full_s - 2
+
+
+def test_speed_drift_widens_the_range_not_the_expectation() -> None:
+    """The calibration's rounds of steps moved by `step_spread`: the 80% range widens by 1.28 of it on
+    the trials' part, the expected wall time stays."""
+    m = Measured(total_steps=40, setup_s=2.0, step_s=0.5, eval_s=3.0, save_s=0.0, export_s=1.0, imports_s=10.0)
+    shape = SweepShape(num_trials=6, every_n_steps=20, scheduler="asha", grace_period=1, reduction_factor=2,
+                       max_concurrent=2, cpu_per_trial=1, gpu_per_trial=0, threads_per_trial=1,
+                       machine_cpus=2, machine_gpus=0)
+    steady, drifting = predict(m, shape), predict(Measured(**{**m.__dict__, "step_spread": 0.1}), shape)
+    assert drifting.wall_s == pytest.approx(steady.wall_s)
+    (low, high), (dlow, dhigh) = steady.wall_range_s, drifting.wall_range_s
+    assert dlow == pytest.approx(steady.fixed_s + (low - steady.fixed_s) * (1 - 0.128))
+    assert dhigh == pytest.approx(steady.fixed_s + (high - steady.fixed_s) * (1 + 0.128))
+
+
+def test_step_spread_is_the_rounds_relative_sd() -> None:
+    cal = Calibration(device="cpu", total_steps=40, imports_s=0, setup_s=0, step_s=0.2, steps_timed=12,
+                      round_step_s=[0.18, 0.22, 0.2, 0.2], eval_s=1, eval_method="", first_eval_s=1, save_s=0,
+                      export_s=0, prepare_s=0)
+    assert step_spread(cal) == pytest.approx(statistics.stdev([0.18, 0.22, 0.2, 0.2]) / 0.2)
+    assert "moved by 8%" in step_spread_note(cal) and "0.180, 0.220" in step_spread_note(cal)
+    assert step_spread(Calibration(**{**cal.__dict__, "round_step_s": [0.2]})) == 0.0
+
+
+def test_evaluations_are_scaled_to_the_mean_speed() -> None:
+    """An evaluation timed while the steps around it ran 1.5x slower than their mean counts 1/1.5 of its
+    seconds; the extrapolation to the full sampler steps is then linear in those."""
+    rounds = [0.2, 0.3, 0.3, 0.2]  # t1 sat between two slow rounds (0.3), t2 between 0.3 and 0.2
+    step_s = statistics.fmean(rounds)  # 0.25
+    t = EvalTimings(first=4.0, timed=(3.0, 5.0), sampler_steps=(1, 5), full_steps=15)
+    seconds, method, warm_up = full_evaluation(t, rounds, step_s)
+    t1, t2 = 3.0 * 0.25 / 0.3, 5.0 * 0.25 / 0.25
+    per_step = (t2 - t1) / 4
+    assert seconds == pytest.approx(t1 - per_step + 15 * per_step)
+    assert warm_up == pytest.approx(1.0) and "at the mean speed 2.50 and 5.00" in method
+    steady = EvalTimings(first=2.0, timed=(2.0,), sampler_steps=(), full_steps=15)
+    assert full_evaluation(steady, [0.2, 0.4, 0.2, 0.2], 0.25)[0] == pytest.approx(2.0 * 0.25 / 0.3)
 
 
 def test_baseline_counts_each_noise_seed_and_nothing_once_cached() -> None:

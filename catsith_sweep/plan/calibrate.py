@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +31,14 @@ if TYPE_CHECKING:
 ML_STACK = ("torch", "transformers", "diffusers", "peft", "torchmetrics")
 CAP_SECONDS = 60.0
 CAP_SHARE = 0.02  # of the predicted sweep time
-MIN_TIMED_STEPS = 6
-"""Steps always timed one by one (their median is s/step). A CPU step of the builtin varies 0.19-0.32 s
-from one to the next; the 2 steps timed before read 0.298 s for a sweep whose steps took ~0.23 s, and
-the plan over-predicted it by 20% per trial."""
+STEP_ROUNDS = 4
+STEPS_PER_ROUND = 3
+MIN_TIMED_STEPS = STEP_ROUNDS * STEPS_PER_ROUND
+"""Steps always timed one by one, in `STEP_ROUNDS` rounds spread over the calibration (before, between
+and after its evaluations); s/step is their mean, since a sweep pays the mean. Why spread: this 2-core VM's
+speed drifts over seconds (a LoRA step of the builtin ran at 0.16-0.18 s for 5 s, then 0.26-0.30 s in the
+same process), so 6 steps timed back to back read 0.166 s or 0.25 s minutes apart, for a sweep whose steps
+averaged ~0.21 s. The rounds' spread (`step_spread`) widens the predicted range."""
 
 
 @dataclass
@@ -46,6 +51,8 @@ class Calibration:
     setup_s: float
     step_s: float
     steps_timed: int
+    round_step_s: list[float]
+    """Mean s/step of each round of single steps (`STEP_ROUNDS`), in the order they were timed."""
     eval_s: float
     eval_method: str
     first_eval_s: float
@@ -130,23 +137,37 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
         total = trial_step_budget(trainer)
         noop = lambda step, metrics: None  # noqa: E731
         _timed(lambda: trainer.train(1, noop))  # warm-up: first-call allocations
-        step_s = statistics.median(_timed(lambda: trainer.train(1, noop)) for _ in range(MIN_TIMED_STEPS))
-        eval_s, eval_method, first_eval_s, warmup_extra_s = _evaluations(trainer, exp, work)
+        rounds: list[float] = []
+
+        def step_round() -> None:
+            rounds.append(statistics.fmean(_timed(lambda: trainer.train(1, noop)) for _ in range(STEPS_PER_ROUND)))
+
+        step_round()
+        evals = _evaluations(trainer, exp, work, between=step_round)
+        while len(rounds) < STEP_ROUNDS:
+            step_round()
+        step_s = statistics.fmean(rounds)
+        eval_s, eval_method, warmup_extra_s = full_evaluation(evals, rounds, step_s)
+        first_eval_s = evals.first
         save_s = _timed(lambda: trainer.save(work / "checkpoint"))
         cal = Calibration(device=_device_name(exp), total_steps=total, imports_s=imports_s, setup_s=setup_s,
-                          step_s=step_s, steps_timed=MIN_TIMED_STEPS, eval_s=eval_s, eval_method=eval_method,
+                          step_s=step_s, steps_timed=MIN_TIMED_STEPS, round_step_s=rounds, eval_s=eval_s,
+                          eval_method=eval_method,
                           first_eval_s=first_eval_s, save_s=save_s, export_s=0.0, prepare_s=prepare_s)
         cal.cap_s = min(CAP_SECONDS, CAP_SHARE * estimate(cal))
         cal.cache_work_s = warmup_extra_s
         left = cal.cap_s - (time.perf_counter() - started - cal.cache_work_s)
         extra = max(0, min(200, int(left * 0.7 / max(step_s, 1e-6)), total - 1 - MIN_TIMED_STEPS))
-        if extra >= MIN_TIMED_STEPS:  # enough for a mean as steady as the median above
+        if extra >= MIN_TIMED_STEPS:  # a last round: the steps the cap leaves, timed as one batch
             timed = extra + MIN_TIMED_STEPS
-            cal.step_s = (_timed(lambda: trainer.train(extra, noop)) + MIN_TIMED_STEPS * step_s) / timed
+            batch_s = _timed(lambda: trainer.train(extra, noop))
+            cal.step_s = (batch_s + MIN_TIMED_STEPS * step_s) / timed
             cal.steps_timed = timed
+            cal.round_step_s.append(batch_s / extra)
         cal.export_s = _timed(lambda: trainer.export(work / "export"))
         cal.calibration_s = time.perf_counter() - started - cal.cache_work_s
     cal.notes += phase_notes(exp)
+    cal.notes.append(step_spread_note(cal))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cal.notes.append(f"load average {load:.1f} on {os.cpu_count()} CPU(s) during calibration: the measured "
                      "seconds (and so the prediction) hold for a machine this busy")
@@ -157,27 +178,68 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
     return cal
 
 
-def _evaluations(trainer: object, exp: Experiment, work: Path) -> tuple[float, str, float, float]:
-    """(seconds of one full evaluation, how it was obtained, seconds of the first (warm-up) one, and
-    what that first one took beyond the same evaluation run again: one-time cache work)."""
+def step_spread(cal: Calibration) -> float:
+    """How much the machine's speed moved during the calibration: the standard deviation of the rounds'
+    s/step over their mean (0 with fewer than 2 rounds)."""
+    rounds = cal.round_step_s
+    return statistics.stdev(rounds) / statistics.fmean(rounds) if len(rounds) > 1 else 0.0
+
+
+def step_spread_note(cal: Calibration) -> str:
+    rounds = ", ".join(f"{r:.3f}" for r in cal.round_step_s)
+    return (f"s/step moved by {step_spread(cal):.0%} (sd / mean) between the {len(cal.round_step_s)} rounds of "
+            f"timed steps ({rounds} s): a machine whose speed drifts like this can take that much longer or "
+            "shorter than the expected time; the range below is widened by it")
+
+
+@dataclass(frozen=True)
+class EvalTimings:
+    """The calibration's evaluations: a warm-up one, then timed ones, each between two rounds of timed
+    steps (`timed[i]` ran between rounds i + 1 and i + 2)."""
+
+    first: float
+    timed: tuple[float, ...]
+    sampler_steps: tuple[int, ...]
+    """Sampler steps of each timed evaluation; empty when they ran at full size (no sampler to scale)."""
+    full_steps: int
+    """`eval.num_inference_steps` of the sweep's evaluations."""
+
+
+def _evaluations(trainer: object, exp: Experiment, work: Path, between: Callable[[], None]) -> EvalTimings:
+    """Run the calibration's evaluations, `between()` (a round of timed steps) after each but the last."""
     evaluate = trainer.evaluate  # type: ignore[attr-defined]
     full_k = exp.eval.num_inference_steps
-    if not eval_scales_with_sampler(exp) or full_k <= 5:
-        first = _timed(lambda: evaluate(work / "eval0"))
-        again = _timed(lambda: evaluate(work / "eval1"))
-        return again, "measured at full size (after a warm-up evaluation)", first, max(0.0, first - again)
-    exp.eval.num_inference_steps = 1
+    ks = [] if not eval_scales_with_sampler(exp) or full_k <= 5 else [1, min(full_k, 5)]
+    # k=5, not 2 or 3: more leverage against timing noise on a busy machine
+    exp.eval.num_inference_steps = ks[0] if ks else full_k
     first = _timed(lambda: evaluate(work / "eval0"))
-    t1 = _timed(lambda: evaluate(work / "eval1"))
-    k2 = min(full_k, 5)  # more leverage than k=2 or 3 against timing noise on a busy machine
-    exp.eval.num_inference_steps = k2
-    t2 = _timed(lambda: evaluate(work / "eval2"))
+    timed: list[float] = []
+    for i, k in enumerate(ks or [full_k]):
+        between()
+        exp.eval.num_inference_steps = k
+        timed.append(_timed(partial(evaluate, work / f"eval{i + 1}")))
     exp.eval.num_inference_steps = full_k
-    per_step = max(0.0, (t2 - t1) / (k2 - 1))
-    fixed = max(0.0, t1 - per_step)
-    method = (f"extrapolated: {t1:.2f} s at 1 sampler step, {t2:.2f} s at {k2} -> "
-              f"{fixed:.2f} + {per_step:.3f} x {full_k} steps")
-    return fixed + per_step * full_k, method, first, max(0.0, first - t1)
+    return EvalTimings(first=first, timed=tuple(timed), sampler_steps=tuple(ks), full_steps=full_k)
+
+
+def full_evaluation(t: EvalTimings, rounds: list[float], step_s: float) -> tuple[float, str, float]:
+    """(seconds of one full evaluation, how it was obtained, one-time cache work in the first one).
+
+    Drift-corrected: each timed evaluation is scaled by the mean s/step over the rounds just before and
+    after it against the calibration's mean s/step, so an evaluation timed while the machine ran slow
+    counts as what it costs at the mean speed (this VM's speed drifts over seconds: two plans a minute
+    apart extrapolated 7.5 s and 11.4 s from uncorrected timings)."""
+    at_mean = [seconds * step_s / statistics.fmean(rounds[i + 1:i + 3]) for i, seconds in enumerate(t.timed)]
+    warm_up = max(0.0, t.first - t.timed[0])
+    if not t.sampler_steps:
+        method = f"measured at full size: {t.timed[0]:.2f} s (after a warm-up evaluation), at the mean speed"
+        return at_mean[0], method, warm_up
+    (k1, k2), (t1, t2) = t.sampler_steps, at_mean
+    per_step = max(0.0, (t2 - t1) / (k2 - k1))
+    fixed = max(0.0, t1 - per_step * k1)
+    method = (f"extrapolated: {t.timed[0]:.2f} s at {k1} sampler step, {t.timed[1]:.2f} s at {k2}; "
+              f"at the mean speed {t1:.2f} and {t2:.2f} -> {fixed:.2f} + {per_step:.3f} x {t.full_steps} steps")
+    return fixed + per_step * t.full_steps, method, warm_up
 
 
 def _device_name(exp: Experiment) -> str:

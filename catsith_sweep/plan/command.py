@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.plan.calibrate import Calibration, calibrate
+from catsith_sweep.plan.calibrate import Calibration, calibrate, step_spread
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
 from catsith_sweep.plan.predict import Measured, Prediction, SweepShape, fmt_duration, predict
 
@@ -48,7 +48,7 @@ def _gpu_count() -> int:
 
 def measured(cal: Calibration) -> Measured:
     return Measured(total_steps=cal.total_steps, setup_s=cal.setup_s, step_s=cal.step_s, eval_s=cal.eval_s,
-                    save_s=cal.save_s, export_s=cal.export_s, imports_s=cal.imports_s)
+                    save_s=cal.save_s, export_s=cal.export_s, imports_s=cal.imports_s, step_spread=step_spread(cal))
 
 
 def plan_experiment(loaded: Any, *, log: Any = print) -> tuple[Calibration, Prediction]:
@@ -91,17 +91,20 @@ def print_plan_block(loaded: Any, *, gpus: list[str] | None = None, prices_path:
     return cal, pred
 
 
-def _step_method(timed: int) -> str:
-    from catsith_sweep.plan.calibrate import MIN_TIMED_STEPS
+def _step_method(cal: Calibration) -> str:
+    from catsith_sweep.plan.calibrate import MIN_TIMED_STEPS, STEP_ROUNDS, STEPS_PER_ROUND
 
-    return f"median of {timed} steps" if timed <= MIN_TIMED_STEPS else f"mean of {timed} steps"
+    spread = f"{STEP_ROUNDS} rounds of {STEPS_PER_ROUND} single steps spread over the calibration"
+    if cal.steps_timed > MIN_TIMED_STEPS:
+        spread += f", then {cal.steps_timed - MIN_TIMED_STEPS} in one batch"
+    return f"mean of {cal.steps_timed} steps: {spread}; rounds moved {step_spread(cal):.0%}"
 
 
 def _measured_table(cal: Calibration) -> Table:
     table = Table(title=f"measured on {cal.device} (calibration {cal.calibration_s:.1f} s, cap {cal.cap_s:.1f} s)",
                   show_header=False)
     rows = [
-        ("s/step", f"{cal.step_s:.4f} ({_step_method(cal.steps_timed)} after a warm-up step)"),
+        ("s/step", f"{cal.step_s:.4f} ({_step_method(cal)}; after a warm-up step)"),
         ("s/eval", f"{cal.eval_s:.2f} ({cal.eval_method})"),
         ("first evaluation", f"{cal.first_eval_s:.2f} s (warm-up; {cal.cache_work_s:.1f} s of it one-time cache "
                              "work such as the dataset's sprite feature net, not counted in the calibration)"),

@@ -21,6 +21,9 @@ TRACKING_SHARE = 0.006
 """MLflow tracking's share of a trial's time: 0.15-0.6 % in bench/sweep_overhead.py since params and image
 bytes are queued too (8 x 40-step trials, load 5 on 2 cores); the high end."""
 SUMMARY_S = 3.0
+RANGE_Z = 1.28
+"""The 10th-90th percentile of a normal spread, in standard deviations: how far the range reaches for the
+speed drift (`Measured.step_spread`)."""
 """The parent run's summary, leaderboard and plots at the end: a guess (not yet measured alone)."""
 
 
@@ -35,6 +38,8 @@ class Measured:
     save_s: float
     export_s: float
     imports_s: float
+    step_spread: float = 0.0
+    """sd / mean of s/step over the calibration's rounds of timed steps: how much the machine's speed moved."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Prediction:
     wall_s: float
     busy_s: float
     assumptions: list[str] = field(default_factory=list)
+    speed_margin: float = 0.0
+    """Relative widening of the range for the machine's speed drift (`RANGE_Z` x `Measured.step_spread`)."""
 
     @property
     def fixed_s(self) -> float:
@@ -77,9 +84,10 @@ class Prediction:
 
     @property
     def wall_range_s(self) -> tuple[float, float]:
-        """Wall seconds of the 10th and 90th percentile simulated sweeps (schedule.Expectation)."""
+        """Wall seconds of the 10th and 90th percentile simulated sweeps (schedule.Expectation), widened
+        by the speed drift the calibration saw (`speed_margin`) on the trials' part."""
         low, high = self.expectation.wall_range
-        return self.fixed_s + low, self.fixed_s + high
+        return self.fixed_s + low * max(0.0, 1 - self.speed_margin), self.fixed_s + high * (1 + self.speed_margin)
 
 
 def contention_factor(slots: int, threads_per_trial: int, machine_cpus: float, *, on_gpu: bool) -> float:
@@ -139,7 +147,7 @@ def predict(m: Measured, shape: SweepShape) -> Prediction:
     ]
     return Prediction(slots=slots, contention=slow, evaluations_per_trial=len(steps), expectation=expectation,
                       fixed_before_s=fixed_before, fixed_after_s=fixed_after, trial_full_s=trial_full,
-                      wall_s=wall, busy_s=busy, assumptions=assumptions)
+                      wall_s=wall, busy_s=busy, assumptions=assumptions, speed_margin=RANGE_Z * m.step_spread)
 
 
 def baseline_seconds(m: Measured, shape: SweepShape) -> float:
