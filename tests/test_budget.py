@@ -145,6 +145,21 @@ def test_eta_does_not_take_trials_stopped_early_for_the_norm() -> None:
     assert forecast.eta_s(now=300.0) == pytest.approx((150.0 + 40.0) + SUMMARY_S)
 
 
+def test_eta_times_first_trials_from_their_first_evaluation() -> None:
+    """While only the slots' first trials have ended (they also paid imports and the baseline beside
+    them), s/step is read from their first evaluation to their end; one that reported once counts whole."""
+    forecast = _forecast(started=0.0, planned=4, slots=2, total_steps=100)
+    for trial_id, begun in (("a", 0.0), ("b", 0.0)):
+        forecast.begun[trial_id] = begun
+    forecast.first_result = {"a": (40.0, 50), "b": (45.0, 50)}
+    forecast.ended, forecast.steps = {"a": 65.0, "b": 70.0}, {"a": 100, "b": 100}
+    assert forecast.step_seconds() == pytest.approx((25.0 + 25.0) / 100)  # not (65 + 70) / 200
+    forecast.first_result = {"a": (65.0, 100), "b": (70.0, 100)}  # one evaluation each: nothing to exclude
+    assert forecast.step_seconds() == pytest.approx((65.0 + 70.0) / 200)
+    forecast.begun["c"], forecast.ended["c"], forecast.steps["c"] = 65.0, 95.0, 100  # a later trial: its norm
+    assert forecast.step_seconds() == pytest.approx(0.3)
+
+
 def test_eta_counts_down_before_the_first_evaluation() -> None:
     """Ray sees only evaluations, so a running trial's steps are unknown until its first: until then
     its time left is the expected trial time less the time it has run."""

@@ -267,6 +267,39 @@ def test_plan_on_the_tiny_base(tiny_base: Path, use_catsith_cache: Path, tmp_pat
 
 
 @pytest.mark.integration
+def test_plan_times_the_searched_values_that_change_a_steps_cost(use_catsith_cache: Path) -> None:
+    """vae_beta searches the perceptual weight (0, 10, 50; the sprite net runs on every batch unless it is
+    0): each is timed on its own trainer, the config's own value counts exactly 1, and s/step is the
+    config's times the mean ratio."""
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.plan.command import plan_experiment
+
+    loaded = load_experiment(Path("experiments/vae_beta.yaml"), [
+        f"model.cache_dir={use_catsith_cache}", "data.synth_variants=1", "train.max_steps=40",
+        "eval.every_n_steps=20", "eval.num_metric_samples=8", "search.num_samples=4", "train.device=cpu",
+        "vae.hidden_dims=[8, 16, 32, 64]"])
+    cal, _ = plan_experiment(loaded, log=lambda m: None)
+    assert [params for params, _ in cal.variants] == [{"vae.perceptual_weight": w} for w in (0.0, 10.0, 50.0)]
+    ratios = [ratio for _, ratio in cal.variants]
+    assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert cal.step_s == pytest.approx(cal.config_step_s * statistics.fmean(ratios))
+    assert any("vae.perceptual_weight 10.0: x" in note for note in cal.notes), cal.notes
+
+
+def test_cost_variants_are_the_searched_cost_keys_only() -> None:
+    from catsith_sweep.config import load_experiment
+    from catsith_sweep.trainers.surface import cost_variants
+
+    vae = load_experiment(Path("experiments/vae_beta.yaml"))
+    assert cost_variants(vae.experiment, vae.space) == [{"vae.perceptual_weight": w} for w in (0.0, 10.0, 50.0)]
+    distill = load_experiment(Path("experiments/distill_weights.yaml"))
+    levels = [{"distill.level": v} for v in ("small", "tiny", "micro")]
+    assert cost_variants(distill.experiment, distill.space) == levels
+    lora = load_experiment(Path("experiments/lora_rank.yaml"))
+    assert cost_variants(lora.experiment, lora.space) == []
+
+
+@pytest.mark.integration
 def test_plan_saves_the_prediction_its_sweep_reads(tiny_base: Path, use_catsith_cache: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """`plan` alone keeps its prediction where `run` of the same config finds it (driver: `load_plan` of

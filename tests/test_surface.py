@@ -100,7 +100,8 @@ def _exists(dotted: str) -> bool:
 def test_every_implemented_trainer_declares_a_surface_of_real_keys() -> None:
     assert set(SURFACES) == set(TRAINERS)
     for surface in SURFACES.values():
-        for key in (*surface.read_keys(), *surface.budget_keys, surface.steps_before_epochs or "name"):
+        declared = (*surface.read_keys(), *surface.budget_keys, *surface.cost_keys)
+        for key in (*declared, surface.steps_before_epochs or "name"):
             assert _exists(key), (surface.name, key)
         assert set(surface.default_formats) <= set(surface.export_formats)
     assert not _exists("data.val_fractions") and not _exists("lora.rank.x")  # the check can fail

@@ -16,11 +16,11 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catsith_sweep.errors import UserInputError
 
@@ -65,6 +65,10 @@ class Calibration:
     """The first evaluation's extra over a normal one: one-time work (the dataset's sprite feature net,
     trained and cached on first use) that the sweep's baseline evaluation would otherwise do."""
     cap_s: float = CAP_SECONDS
+    variants: list[tuple[dict[str, Any], float]] = field(default_factory=list)
+    """(searched values, s/step with them over this config's) for values that change a step's cost."""
+    config_step_s: float = 0.0
+    """s/step of this config's own values (`step_s` is it times `variant_factor`)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -119,10 +123,11 @@ def _timed(action: Callable[[], object]) -> float:
 
 
 def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Calibration], float],
-              log: Callable[[str], None] = print) -> Calibration:
+              space: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> Calibration:
     """Measure `experiment`'s trainer. `estimate(cal)` predicts the sweep's seconds from a rough
     calibration; the cap is min(60 s, 2% of it), and whatever of the cap is left after the minimum
-    (setup, 1 + MIN_TIMED_STEPS steps, the evaluations) buys more timed steps."""
+    (setup, 1 + MIN_TIMED_STEPS steps, the evaluations, the search space's cost variants) buys more
+    timed steps. With `space`, the searched values that change a step's cost are timed too."""
     from catsith_sweep.trainers import make_trainer, prepare
 
     check_base_ready(experiment, source)
@@ -134,13 +139,11 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
         started = time.perf_counter()
         trainer = make_trainer(exp, work)
         setup_s = _timed(trainer.setup)
-        total = trial_step_budget(trainer)
-        noop = lambda step, metrics: None  # noqa: E731
-        _timed(lambda: trainer.train(1, noop))  # warm-up: first-call allocations
+        _timed(lambda: trainer.train(1, _ignore))  # warm-up: first-call allocations
         rounds: list[float] = []
 
         def step_round() -> None:
-            rounds.append(statistics.fmean(_timed(lambda: trainer.train(1, noop)) for _ in range(STEPS_PER_ROUND)))
+            rounds.append(_step_round(trainer))
 
         step_round()
         evals = _evaluations(trainer, exp, work, between=step_round)
@@ -148,26 +151,19 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
             step_round()
         step_s = statistics.fmean(rounds)
         eval_s, eval_method, warmup_extra_s = full_evaluation(evals, rounds, step_s)
-        first_eval_s = evals.first
         save_s = _timed(lambda: trainer.save(work / "checkpoint"))
-        cal = Calibration(device=_device_name(exp), total_steps=total, imports_s=imports_s, setup_s=setup_s,
-                          step_s=step_s, steps_timed=MIN_TIMED_STEPS, round_step_s=rounds, eval_s=eval_s,
-                          eval_method=eval_method,
-                          first_eval_s=first_eval_s, save_s=save_s, export_s=0.0, prepare_s=prepare_s)
+        variants = _variant_step_ratios(exp, dict(space or {}), trainer, work)
+        cal = Calibration(device=_device_name(exp), total_steps=trial_step_budget(trainer), imports_s=imports_s,
+                          setup_s=setup_s, step_s=step_s, steps_timed=MIN_TIMED_STEPS, round_step_s=rounds,
+                          eval_s=eval_s, eval_method=eval_method, first_eval_s=evals.first, save_s=save_s,
+                          export_s=0.0, prepare_s=prepare_s, cache_work_s=warmup_extra_s, variants=variants)
         cal.cap_s = min(CAP_SECONDS, CAP_SHARE * estimate(cal))
-        cal.cache_work_s = warmup_extra_s
-        left = cal.cap_s - (time.perf_counter() - started - cal.cache_work_s)
-        extra = max(0, min(200, int(left * 0.7 / max(step_s, 1e-6)), total - 1 - MIN_TIMED_STEPS))
-        if extra >= MIN_TIMED_STEPS:  # a last round: the steps the cap leaves, timed as one batch
-            timed = extra + MIN_TIMED_STEPS
-            batch_s = _timed(lambda: trainer.train(extra, noop))
-            cal.step_s = (batch_s + MIN_TIMED_STEPS * step_s) / timed
-            cal.steps_timed = timed
-            cal.round_step_s.append(batch_s / extra)
+        _time_more_steps(cal, trainer, left=cal.cap_s - (time.perf_counter() - started - cal.cache_work_s))
+        cal.config_step_s = cal.step_s
+        cal.step_s *= variant_factor(cal)
         cal.export_s = _timed(lambda: trainer.export(work / "export"))
         cal.calibration_s = time.perf_counter() - started - cal.cache_work_s
-    cal.notes += phase_notes(exp)
-    cal.notes.append(step_spread_note(cal))
+    cal.notes += [*phase_notes(exp), step_spread_note(cal), *variant_notes(cal)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cal.notes.append(f"load average {load:.1f} on {os.cpu_count()} CPU(s) during calibration: the measured "
                      "seconds (and so the prediction) hold for a machine this busy")
@@ -176,6 +172,73 @@ def calibrate(experiment: Experiment, *, source: object, estimate: Callable[[Cal
                          f"minimum (setup {setup_s:.1f} s, {1 + MIN_TIMED_STEPS} steps, the evaluations) costs that "
                          "much here")
     return cal
+
+
+def _ignore(step: int, metrics: object) -> None:
+    """The training callback of calibration steps: their metrics are not reported."""
+
+
+def _step_round(trainer: Any) -> float:
+    """Mean seconds of `STEPS_PER_ROUND` single steps of `trainer`."""
+    return statistics.fmean(_timed(lambda: trainer.train(1, _ignore)) for _ in range(STEPS_PER_ROUND))
+
+
+def _time_more_steps(cal: Calibration, trainer: Any, *, left: float) -> None:
+    """Spend what the cap leaves (`left` seconds) on one more round, timed as one batch, if it buys at
+    least `MIN_TIMED_STEPS` steps (and the trial has that many)."""
+    extra = max(0, min(200, int(left * 0.7 / max(cal.step_s, 1e-6)), cal.total_steps - 1 - MIN_TIMED_STEPS))
+    if extra < MIN_TIMED_STEPS:
+        return
+    batch_s = _timed(lambda: trainer.train(extra, _ignore))
+    cal.step_s = (batch_s + cal.steps_timed * cal.step_s) / (extra + cal.steps_timed)
+    cal.steps_timed += extra
+    cal.round_step_s.append(batch_s / extra)
+
+
+def _variant_step_ratios(exp: Experiment, space: dict[str, Any], trainer: Any,
+                         work: Path) -> list[tuple[dict[str, Any], float]]:
+    """(params, s/step with them over this config's s/step) for each searched combination of values that
+    change a step's cost (`trainers.surface.cost_variants`). Each is a round of steps on its own trainer,
+    between two rounds of this config's (the drift correction of `full_evaluation`)."""
+    import gc
+
+    from catsith_sweep.config import apply_params
+    from catsith_sweep.trainers import make_trainer
+    from catsith_sweep.trainers.surface import cost_variants
+
+    ratios: list[tuple[dict[str, Any], float]] = []
+    before = None
+    for i, params in enumerate(cost_variants(exp, space)):
+        varied = apply_params(exp, params)
+        if varied == exp:  # this config's own values: the rounds above measured it
+            ratios.append((params, 1.0))
+            continue
+        before = before if before is not None else _step_round(trainer)
+        other = make_trainer(varied, work / f"variant{i}")
+        other.setup()
+        other.train(1, _ignore)  # warm-up
+        own = _step_round(other)
+        del other
+        gc.collect()
+        after = _step_round(trainer)
+        ratios.append((params, own / statistics.fmean([before, after])))
+        before = after
+    return ratios
+
+
+def variant_factor(cal: Calibration) -> float:
+    """The mean of the variants' s/step ratios (1 without variants): the sampler draws each value alike."""
+    return statistics.fmean(r for _, r in cal.variants) if cal.variants else 1.0
+
+
+def variant_notes(cal: Calibration) -> list[str]:
+    if not cal.variants:
+        return []
+    each = ", ".join(f"{' '.join(f'{k} {v}' for k, v in params.items())}: x{ratio:.2f}"
+                     for params, ratio in cal.variants)
+    return [f"searched values change a step's cost ({each}, each timed against this config's own steps): "
+            f"s/step is this config's {cal.config_step_s:.4f} x their mean {variant_factor(cal):.2f} = "
+            f"{cal.step_s:.4f}, as the sampler draws each value alike; evaluations are timed on this config only"]
 
 
 def step_spread(cal: Calibration) -> float:

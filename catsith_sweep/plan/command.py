@@ -55,7 +55,8 @@ def plan_experiment(loaded: Any, *, log: Any = print) -> tuple[Calibration, Pred
     """Calibrate `loaded`'s experiment and predict its sweep."""
     exp = loaded.experiment
     shape = sweep_shape(exp)
-    cal = calibrate(exp, source=loaded.path, estimate=lambda c: predict(measured(c), shape).wall_s, log=log)
+    cal = calibrate(exp, source=loaded.path, estimate=lambda c: predict(measured(c), shape).wall_s,
+                    space=loaded.space, log=log)
     shape = sweep_shape(exp, baseline_cached=baseline_is_cached(exp))  # the dataset is prepared now
     return cal, predict(measured(cal), shape)
 

@@ -76,6 +76,9 @@ class TrainerSurface:
     """Keys besides `BUDGET_KEYS` that change its step count."""
     needs_base: bool = False
     """Starts from `model.base` (built or downloaded before the sweep)."""
+    cost_keys: tuple[str, ...] = ()
+    """Keys whose value changes what a training step costs, not only what it learns (a loss term that is
+    skipped at weight 0, the model's size): the planner times each searched value (`cost_variants`)."""
 
     def read_keys(self) -> tuple[str, ...]:
         return (*ENGINE_KEYS, *self.reads)
@@ -120,6 +123,9 @@ VAE = TrainerSurface(
              "sprite_fid_prior", "sprite_kid_prior", "sprite_kid_std_prior", "sprite_lpips_prior",
              "palette_distance_prior", "direction_consistency", "direction_consistency_ratio",
              "loss", "recon", "kl_train", "perceptual", "direction", "kl_weight", "lr"),
+    # The perceptual term runs the sprite net on every batch (off at weight 0): vae_beta's trials took
+    # 62 s at weight 0 and 70-88 s at 10 or 50 (plan5 store, 2026-12-01).
+    cost_keys=("vae.perceptual_weight", "vae.hidden_dims"),
 )
 FULL = TrainerSurface(
     name="full",
@@ -141,6 +147,7 @@ DISTILL = TrainerSurface(
     metrics=(*SAMPLING_METRICS, "loss", "lr", "loss_task", "loss_output", "loss_feature", "loss_perceptual",
              "latency_ms", "teacher_latency_ms", "latency_ratio", "unet_params", "teacher_unet_params"),
     needs_base=True,
+    cost_keys=("distill.level",),  # the student's size
 )
 SURFACES: dict[str, TrainerSurface] = {s.name: s for s in (LORA, VAE, FULL, DISTILL)}
 
@@ -170,6 +177,16 @@ def budget_variants(experiment: Experiment, space: dict[str, Any]) -> Iterator[d
     keys = [k for k in space if k in (*BUDGET_KEYS, *surface.budget_keys)]
     for values in itertools.product(*(space[k].candidate_values() for k in keys)):
         yield dict(zip(keys, values, strict=True))
+
+
+def cost_variants(experiment: Experiment, space: dict[str, Any], *, limit: int = 6) -> list[dict[str, Any]]:
+    """Combinations of the candidate values of searched keys that change a step's cost (the trainer's
+    `cost_keys`), at most `limit` (the first ones; [] when no such key is searched)."""
+    keys = [k for k in space if k in SURFACES[experiment.trainer].cost_keys]
+    if not keys:
+        return []
+    combos = itertools.product(*(space[k].candidate_values() for k in keys))
+    return [dict(zip(keys, values, strict=True)) for values in itertools.islice(combos, limit)]
 
 
 def _get(experiment: Experiment, dotted: str) -> Any:
