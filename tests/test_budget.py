@@ -147,7 +147,8 @@ def test_eta_does_not_take_trials_stopped_early_for_the_norm() -> None:
 
 def test_eta_times_first_trials_from_their_first_evaluation() -> None:
     """While only the slots' first trials have ended (they also paid imports and the baseline beside
-    them), s/step is read from their first evaluation to their end; one that reported once counts whole."""
+    them), s/step is read from their first evaluation to their end; ones that reported once count whole,
+    unless a calibrated plan is there."""
     forecast = _forecast(started=0.0, planned=4, slots=2, total_steps=100)
     for trial_id, begun in (("a", 0.0), ("b", 0.0)):
         forecast.begun[trial_id] = begun
@@ -156,6 +157,8 @@ def test_eta_times_first_trials_from_their_first_evaluation() -> None:
     assert forecast.step_seconds() == pytest.approx((25.0 + 25.0) / 100)  # not (65 + 70) / 200
     forecast.first_result = {"a": (65.0, 100), "b": (70.0, 100)}  # one evaluation each: nothing to exclude
     assert forecast.step_seconds() == pytest.approx((65.0 + 70.0) / 200)
+    forecast.predicted = Predicted(wall_seconds=200.0, steps=400.0, trials=4, trial_seconds=50.0, source="plan")
+    assert forecast.step_seconds() is None and forecast.trial_seconds() == 50.0  # the plan's, not 67.5
     forecast.begun["c"], forecast.ended["c"], forecast.steps["c"] = 65.0, 95.0, 100  # a later trial: its norm
     assert forecast.step_seconds() == pytest.approx(0.3)
 

@@ -100,7 +100,8 @@ class SweepForecast(Live, Callback):
         slot's first trial left out once others ended, since it also pays the process's imports and, in
         a new sweep, shares the CPUs with the baseline evaluation). While only first trials have ended,
         they are timed from their first evaluation on, where they reported more than one: vae_beta's ETA
-        at its first trial's end was 23% long when timed from the trial's start."""
+        at its first trial's end was 23% long when timed from the trial's start. First trials that reported
+once (distill_weights evaluates at the end only) are not used while a calibrated plan is there."""
         order = sorted(self.begun, key=self.begun.__getitem__)
         later = [t for t in order[self.slots:] if t in self.ended]
         pool = later or [t for t in order if t in self.ended]
@@ -114,6 +115,8 @@ class SweepForecast(Live, Callback):
                     clean.append((self.ended[t] - at, self.steps[t] - step))
             if clean:
                 return sum(s for s, _ in clean) / sum(n for _, n in clean)
+            if self.predicted is not None and self.predicted.source == "plan":
+                return None  # one evaluation each: the calibrated plan's trial time is the better guess
         # A trial that ended without reporting a step (its steps unknown) counts as the whole budget.
         steps = sum(self.steps.get(t) or self.total_steps for t in pool)
         return sum(self.ended[t] - self.begun[t] for t in pool) / steps
