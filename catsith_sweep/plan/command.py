@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.plan.calibrate import Calibration, calibrate, step_spread
+from catsith_sweep.plan.calibrate import Calibration, calibrate, step_spread, variant_factor
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
 from catsith_sweep.plan.predict import Measured, Prediction, SweepShape, fmt_duration, predict
 
@@ -98,7 +98,10 @@ def _step_method(cal: Calibration) -> str:
     spread = f"{STEP_ROUNDS} rounds of {STEPS_PER_ROUND} single steps spread over the calibration"
     if cal.steps_timed > MIN_TIMED_STEPS:
         spread += f", then {cal.steps_timed - MIN_TIMED_STEPS} in one batch"
-    return f"mean of {cal.steps_timed} steps: {spread}; rounds moved {step_spread(cal):.0%}"
+    text = f"mean of {cal.steps_timed} steps: {spread}; rounds moved {step_spread(cal):.0%}"
+    if cal.variants:
+        text += f"; x{variant_factor(cal):.2f} for the searched values (see the assumptions)"
+    return text
 
 
 def _measured_table(cal: Calibration) -> Table:

@@ -21,10 +21,10 @@ TRACKING_SHARE = 0.006
 """MLflow tracking's share of a trial's time: 0.15-0.6 % in bench/sweep_overhead.py since params and image
 bytes are queued too (8 x 40-step trials, load 5 on 2 cores); the high end."""
 SUMMARY_S = 3.0
+"""The parent run's summary, leaderboard and plots at the end: a guess (not yet measured alone)."""
 RANGE_Z = 1.28
 """The 10th-90th percentile of a normal spread, in standard deviations: how far the range reaches for the
 speed drift (`Measured.step_spread`)."""
-"""The parent run's summary, leaderboard and plots at the end: a guess (not yet measured alone)."""
 
 
 @dataclass(frozen=True)
