@@ -100,7 +100,7 @@ class SweepForecast(Live, Callback):
         slot's first trial left out once others ended, since it also pays the process's imports and, in
         a new sweep, shares the CPUs with the baseline evaluation). While only first trials have ended,
         they are timed from their first evaluation on, where they reported more than one: vae_beta's ETA
-                at its first trial's end was 23% long when timed from the trial's start. First trials that reported
+        at its first trial's end was 23% long when timed from the trial's start. First trials that reported
         once (distill_weights evaluates at the end only) are not used while a calibrated plan is there."""
         order = sorted(self.begun, key=self.begun.__getitem__)
         later = [t for t in order[self.slots:] if t in self.ended]
