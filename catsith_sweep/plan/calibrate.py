@@ -36,9 +36,9 @@ STEPS_PER_ROUND = 3
 MIN_TIMED_STEPS = STEP_ROUNDS * STEPS_PER_ROUND
 """Steps always timed one by one, in `STEP_ROUNDS` rounds spread over the calibration (before, between
 and after its evaluations); s/step is their mean, since a sweep pays the mean. Why spread: this 2-core VM's
-speed drifts over seconds (a LoRA step of the builtin ran at 0.16-0.18 s for 5 s, then 0.26-0.30 s in the
-same process), so 6 steps timed back to back read 0.166 s or 0.25 s minutes apart, for a sweep whose steps
-averaged ~0.21 s. The rounds' spread (`step_spread`) widens the predicted range."""
+speed drifts over seconds (rounds of 6 LoRA steps of the builtin read 0.161-0.298 s/step over 6 processes a
+minute apart, and 0.229 then 0.161 within one), so 6 steps timed back to back read 0.166 s or 0.25 s minutes
+apart, for a sweep whose steps averaged ~0.21 s. The rounds' spread (`step_spread`) widens the predicted range."""
 
 
 @dataclass
