@@ -13,7 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from catsith_sweep.errors import UserInputError
-from catsith_sweep.plan.calibrate import Calibration, calibrate, step_spread, variant_factor
+from catsith_sweep.plan.calibrate import (
+    MIN_TIMED_STEPS,
+    STEP_ROUNDS,
+    STEPS_PER_ROUND,
+    Calibration,
+    calibrate,
+    step_spread,
+    variant_factor,
+)
 from catsith_sweep.plan.costs import estimate_training_cost, gpus_rented, hardware_costs, load_prices
 from catsith_sweep.plan.predict import Measured, Prediction, SweepShape, fmt_duration, predict
 
@@ -93,8 +101,6 @@ def print_plan_block(loaded: Any, *, gpus: list[str] | None = None, prices_path:
 
 
 def _step_method(cal: Calibration) -> str:
-    from catsith_sweep.plan.calibrate import MIN_TIMED_STEPS, STEP_ROUNDS, STEPS_PER_ROUND
-
     spread = f"{STEP_ROUNDS} rounds of {STEPS_PER_ROUND} single steps spread over the calibration"
     if cal.steps_timed > MIN_TIMED_STEPS:
         spread += f", then {cal.steps_timed - MIN_TIMED_STEPS} in one batch"

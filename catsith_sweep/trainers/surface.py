@@ -170,23 +170,24 @@ def budget_evaluations(total_steps: int, every_n_steps: int) -> int:
     return max(1, -(-total_steps // every_n_steps))
 
 
+def _searched_combinations(space: dict[str, Any], keys: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Every combination of the candidate values of the searched keys among `keys` ({} when none is)."""
+    searched = [k for k in space if k in keys]
+    for values in itertools.product(*(space[k].candidate_values() for k in searched)):
+        yield dict(zip(searched, values, strict=True))
+
+
 def budget_variants(experiment: Experiment, space: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every combination of the candidate values of searched keys that change the budget ({} when
     none does), so a sweep can size its scheduler for the longest trial."""
-    surface = SURFACES[experiment.trainer]
-    keys = [k for k in space if k in (*BUDGET_KEYS, *surface.budget_keys)]
-    for values in itertools.product(*(space[k].candidate_values() for k in keys)):
-        yield dict(zip(keys, values, strict=True))
+    yield from _searched_combinations(space, (*BUDGET_KEYS, *SURFACES[experiment.trainer].budget_keys))
 
 
 def cost_variants(experiment: Experiment, space: dict[str, Any], *, limit: int = 6) -> list[dict[str, Any]]:
     """Combinations of the candidate values of searched keys that change a step's cost (the trainer's
     `cost_keys`), at most `limit` (the first ones; [] when no such key is searched)."""
-    keys = [k for k in space if k in SURFACES[experiment.trainer].cost_keys]
-    if not keys:
-        return []
-    combos = itertools.product(*(space[k].candidate_values() for k in keys))
-    return [dict(zip(keys, values, strict=True)) for values in itertools.islice(combos, limit)]
+    combos = list(itertools.islice(_searched_combinations(space, SURFACES[experiment.trainer].cost_keys), limit))
+    return [] if combos == [{}] else combos
 
 
 def _get(experiment: Experiment, dotted: str) -> Any:
